@@ -1,0 +1,20 @@
+"""I-JEPA ViT-H/16 at 448px, ImageNet-1k, 300 epochs: the release's in1k_vith16-448_ep300 values.
+
+Command:
+  python -m ijepa_jax.main --config=configs/vit_h16_448.py --workdir=/ckpt/vith16_448 \
+      --config.data.path=/data/imagenet
+Expected result (paper, Table 1): 81.1% ImageNet-1k linear top-1, 77.3% with 1% of the labels.
+Loss smooth-L1 (release); --config.loss=l2 gives the paper's stated loss. A 28x28 patch grid.
+"""
+from ijepa_jax.defaults import base_config
+
+
+def get_config():
+  c = base_config()
+  c.model.name, c.model.patch_size = "vit_huge", 16
+  c.model.predictor_depth = 12
+  c.data.image_size = 448
+  c.num_epochs, c.warmup_epochs = 300, 40
+  c.dtype = "bfloat16"
+  c.mask.reference_batch = 16  # the release's per-device batch for this config
+  return c

@@ -1,0 +1,1 @@
+"""I-JEPA in JAX/Flax."""

@@ -1,0 +1,81 @@
+"""Every config key, with the release's ViT-H/14 ImageNet-1k values as defaults.
+
+Experiment files in configs/ start from `base_config()` and change what differs. Because all keys
+exist here, a `--config.some_key=...` typo is rejected by config_flags before anything runs.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 2048            # global, over all processes and devices
+  c.num_epochs = 300
+  c.total_steps = -1             # -1: num_epochs * (examples // batch_size)
+  c.warmup_epochs = 40.0
+  c.warmup_steps = -1            # >= 0 overrides warmup_epochs
+  c.loss = "smooth_l1"           # release: smooth_l1; paper: l2
+  c.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+
+  c.model = ml_collections.ConfigDict(dict(
+      name="vit_huge", patch_size=14,
+      width=-1, depth=-1, num_heads=-1, mlp_dim=-1,       # -1: from the named size
+      predictor_width=384, predictor_depth=12, predictor_heads=-1,  # -1: the encoder's heads
+      remat=False,
+  ))
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="image_folder",     # fashion_mnist | image_folder | tfds | synthetic
+      path="/data/imagenet",     # image_folder: holds train/ and val/ with one folder per class
+      tfds_name="", tfds_data_dir="",
+      split="train", eval_split="val",
+      image_size=224, channels=3,
+      crop_scale=(0.3, 1.0), crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
+      mean=IMAGENET_MEAN, std=IMAGENET_STD,
+      num_workers=8, prefetch_buffer=4,
+      synthetic_size=256,
+  ))
+
+  c.mask = ml_collections.ConfigDict(dict(
+      mode="release",            # release | uniform (no corner off-by-one); see ijepa_jax/masks.py
+      num_targets=4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
+      context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0),
+      min_keep=10,
+      num_context=-1,            # -1: the release's mean truncated context length at reference_batch
+      reference_batch=128,       # the release's per-device batch
+  ))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, start_lr=2e-4, final_lr=1e-6,
+      weight_decay=0.04, final_weight_decay=0.4, wd_schedule="cosine",
+      ema=(0.996, 1.0), b1=0.9, b2=0.999, eps=1e-8,
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # Logical axis -> mesh axes. Parameters: 'embed' is split over fsdp (FSDP); activations: the batch
+  # is split over data and fsdp.
+  c.axis_rules = (
+      ("act_batch", ("data", "fsdp")), ("act_length", None), ("act_embed", None), ("act_mlp", None),
+      ("embed", "fsdp"), ("mlp", None), ("qkv", None), ("heads", None),
+      ("patch_h", None), ("patch_w", None), ("channels", None),
+      ("embed_in", None), ("embed_out", None), ("norm", None),
+  )
+
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+
+  c.probe = ml_collections.ConfigDict(dict(
+      enabled=False,             # linear probe on the target encoder after pretraining
+      max_train=-1,              # -1: the whole train split
+      batch_size=256,            # feature extraction batch
+      epochs=100, lr=1e-2,
+      weight_decays=(0.0, 1e-4, 1e-3, 1e-2),  # chosen on a held-out 10% of train, then refit
+      raw_pixels_baseline=True,
+  ))
+  return c

@@ -1,0 +1,1 @@
+"""Evaluation of frozen I-JEPA encoders: feature extraction and probes."""

@@ -1,0 +1,211 @@
+"""Multi-block mask sampler: which patches the context encoder sees and which the predictor predicts.
+
+Runs on the host (numpy), one call per batch, deterministic from the generator it is given (the
+data pipeline seeds it from (seed, batch index)). Vectorised over the batch: no per-image Python.
+
+What the release does (REFERENCE.md, "Multi-block mask sampler") and what we keep:
+  * one target-block size and one context-block size per batch, drawn from one uniform number that
+    moves scale and aspect ratio together; h = round(sqrt(max_keep * ar)), w = round(sqrt(max_keep / ar))
+    with max_keep = int(N * scale);
+  * 4 target rectangles per image (they may overlap each other), one context block minus all targets;
+  * `mode='release'`: sizes clamped below the grid side and block corners drawn from
+    U{0 .. H-h-1} (the release's off-by-one: the last patch row and column are never in a block);
+    `mode='uniform'`: corners from U{0 .. H-h}, sizes up to the full side, so every patch can be covered.
+
+Static shapes (so a run compiles once). The release truncates every context list in a batch to the
+shortest one, and all its target lists in a batch have one length, so its shapes change every batch.
+Here every batch has exactly
+  * `num_target` tokens per target block: the smallest block area the configured scale/aspect range can
+    produce; a larger block keeps a random subset of its tokens (the block's extent is unchanged);
+  * `num_context` tokens of context: by default the release's *mean* truncated length, i.e. the mean
+    over batches of the shortest context in a batch of `reference_batch` images (128 per device in the
+    release), estimated once by simulation. `mode='release'` keeps the raster-order prefix of the
+    available context (what truncation does), `mode='uniform'` a random subset.
+An image with fewer available context tokens than `num_context` redraws its block positions; after
+`_MAX_REDRAWS` redraws the remaining images drop target exclusions one at a time, as the release does
+after repeated failures. Settings that cannot work on the grid are a ConfigError at construction time,
+never a hang.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+from ijepa_jax.errors import ConfigError
+
+MODES = ("release", "uniform")
+_MAX_REDRAWS = 64
+_SIM_BATCHES = 64  # batches simulated to choose the default context length
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiBlockSampler:
+  """Samples (context_idx [B, num_context], target_idx [B, num_targets, num_target]) int32 arrays."""
+
+  grid: int
+  num_targets: int = 4
+  target_scale: tuple[float, float] = (0.15, 0.2)
+  target_aspect: tuple[float, float] = (0.75, 1.5)
+  context_scale: tuple[float, float] = (0.85, 1.0)
+  context_aspect: tuple[float, float] = (1.0, 1.0)
+  min_keep: int = 10
+  mode: str = "release"
+  num_context: int = -1
+  reference_batch: int = 128
+
+  # ------------------------------------------------------------------ construction and checks
+  @classmethod
+  def from_config(cls, mask_cfg, grid: int) -> "MultiBlockSampler":
+    sampler = cls(
+        grid=grid,
+        num_targets=int(mask_cfg.num_targets),
+        target_scale=tuple(float(v) for v in mask_cfg.target_scale),
+        target_aspect=tuple(float(v) for v in mask_cfg.target_aspect),
+        context_scale=tuple(float(v) for v in mask_cfg.context_scale),
+        context_aspect=tuple(float(v) for v in mask_cfg.context_aspect),
+        min_keep=int(mask_cfg.min_keep),
+        mode=str(mask_cfg.mode),
+        num_context=int(mask_cfg.get("num_context", -1)),
+        reference_batch=int(mask_cfg.get("reference_batch", 128)),
+    )
+    return sampler.resolved()
+
+  def resolved(self) -> "MultiBlockSampler":
+    """Validates the settings against the grid and fills in `num_context`."""
+    g = self.grid
+    if self.mode not in MODES:
+      raise ConfigError(f"mask.mode={self.mode!r} is not one of {MODES}: set --config.mask.mode=release or uniform.")
+    for name in ("target_scale", "target_aspect", "context_scale", "context_aspect"):
+      lo, hi = getattr(self, name)
+      if not 0 < lo <= hi:
+        raise ConfigError(f"mask.{name}={(lo, hi)} must be an increasing pair of positive numbers.")
+    if self.target_scale[1] > 1 or self.context_scale[1] > 1:
+      raise ConfigError("mask.target_scale and mask.context_scale are fractions of the patch grid: keep them <= 1.")
+    if self.num_targets < 1:
+      raise ConfigError(f"mask.num_targets={self.num_targets} must be >= 1.")
+    if g < 2:
+      raise ConfigError(f"a {g}x{g} patch grid is too small for block masking: lower model.patch_size or raise data.image_size.")
+    fix = ("lower --config.mask.min_keep, raise the block scales, or use a finer patch grid "
+           "(smaller model.patch_size or larger data.image_size)")
+    t_min = min(h * w for h, w in self._sizes(self.target_scale, self.target_aspect))
+    if t_min <= self.min_keep:
+      raise ConfigError(
+          f"target blocks on the {g}x{g} patch grid can be as small as {t_min} tokens, not more than "
+          f"mask.min_keep={self.min_keep} (the release's sampler would loop forever here): {fix}.")
+    c_min = min(h * w for h, w in self._sizes(self.context_scale, self.context_aspect))
+    mean_shortest, valid_fraction = self._simulate_release()
+    num_context = self.num_context if self.num_context > 0 else mean_shortest
+    if num_context <= self.min_keep or valid_fraction < 0.05:
+      raise ConfigError(
+          f"on the {g}x{g} patch grid the context keeps more than mask.min_keep={self.min_keep} tokens in only "
+          f"{100 * valid_fraction:.0f}% of images once {self.num_targets} target blocks of scale "
+          f"{self.target_scale} are removed (and ~{num_context} tokens in a batch's shortest): "
+          f"lower --config.mask.num_targets or --config.mask.target_scale, or {fix}.")
+    if num_context > c_min:
+      raise ConfigError(
+          f"mask.num_context={num_context} is larger than the smallest context block ({c_min} tokens on the "
+          f"{g}x{g} grid): lower --config.mask.num_context or raise --config.mask.context_scale.")
+    if num_context < self.min_keep:
+      raise ConfigError(f"mask.num_context={num_context} is below mask.min_keep={self.min_keep}.")
+    return dataclasses.replace(self, num_context=int(num_context))
+
+  @property
+  def num_target(self) -> int:
+    """Tokens per target block: the smallest area the scale/aspect range can produce."""
+    return min(h * w for h, w in self._sizes(self.target_scale, self.target_aspect))
+
+  def _sizes(self, scale, aspect, n=2001):
+    """All (h, w) one uniform draw can produce (the function is piecewise constant in the draw)."""
+    return sorted(set(self._block_size(u, scale, aspect) for u in np.linspace(0.0, 1.0, n)))
+
+  def _block_size(self, u: float, scale, aspect) -> tuple[int, int]:
+    g = self.grid
+    s = scale[0] + u * (scale[1] - scale[0])
+    ar = aspect[0] + u * (aspect[1] - aspect[0])
+    max_keep = int(g * g * s)
+    h = int(round(math.sqrt(max_keep * ar)))
+    w = int(round(math.sqrt(max_keep / ar)))
+    top = g - 1 if self.mode == "release" else g  # the release clamps blocks strictly below the side
+    return max(1, min(h, top)), max(1, min(w, top))
+
+  def _simulate_release(self) -> tuple[int, float]:
+    """(mean over batches of the shortest valid context in a batch of `reference_batch` images,
+    fraction of images whose context keeps more than min_keep tokens at the first draw)."""
+    rng = np.random.default_rng(0)
+    mins, valid_fraction = [], []
+    for _ in range(_SIM_BATCHES):
+      t_size, c_size = self._draw_sizes(rng)
+      targets = self._blocks(rng, (self.reference_batch, self.num_targets), t_size)
+      context = self._blocks(rng, (self.reference_batch,), c_size)
+      counts = (context & ~targets.any(axis=1)).reshape(self.reference_batch, -1).sum(-1)
+      valid = counts[counts > self.min_keep]  # the release redraws images at or below min_keep
+      mins.append(valid.min() if valid.size else 0)
+      valid_fraction.append(valid.size / counts.size)
+    return int(np.floor(np.mean(mins))), float(np.mean(valid_fraction))
+
+  # ------------------------------------------------------------------ sampling
+  def _draw_sizes(self, rng):
+    t_size = self._block_size(rng.random(), self.target_scale, self.target_aspect)
+    c_size = self._block_size(rng.random(), self.context_scale, self.context_aspect)
+    return t_size, c_size
+
+  def _blocks(self, rng, shape, size) -> np.ndarray:
+    """Boolean masks [*shape, g, g] of rectangles of `size` at random corners."""
+    g = self.grid
+    h, w = size
+    span = 0 if self.mode == "release" else 1  # release: corner in U{0..g-h-1}
+    top = rng.integers(0, max(g - h + span, 1), size=shape)
+    left = rng.integers(0, max(g - w + span, 1), size=shape)
+    ar = np.arange(g)
+    rows = (ar >= top[..., None]) & (ar < top[..., None] + h)
+    cols = (ar >= left[..., None]) & (ar < left[..., None] + w)
+    return rows[..., :, None] & cols[..., None, :]
+
+  def __call__(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+    n = self.grid * self.grid
+    t_size, c_size = self._draw_sizes(rng)
+    targets = self._blocks(rng, (batch_size, self.num_targets), t_size)
+    context = self._blocks(rng, (batch_size,), c_size)
+    need = self.num_context
+    available = context & ~targets.any(axis=1)
+    short = available.reshape(batch_size, n).sum(-1) < need
+    for _ in range(_MAX_REDRAWS):
+      if not short.any():
+        break
+      rows = np.flatnonzero(short)
+      targets[rows] = self._blocks(rng, (rows.size, self.num_targets), t_size)
+      context[rows] = self._blocks(rng, (rows.size,), c_size)
+      available[rows] = context[rows] & ~targets[rows].any(axis=1)
+      short = available.reshape(batch_size, n).sum(-1) < need
+    for keep in range(self.num_targets - 1, -1, -1):  # the release's fallback: fewer exclusions
+      if not short.any():
+        break
+      rows = np.flatnonzero(short)
+      available[rows] = context[rows] & ~targets[rows, :keep].any(axis=1)
+      short = available.reshape(batch_size, n).sum(-1) < need
+
+    targets = targets.reshape(batch_size, self.num_targets, n)
+    available = available.reshape(batch_size, n)
+    target_idx = _pick(targets, self.num_target, rng)
+    if self.mode == "release":
+      context_idx = _first(available, need)
+    else:
+      context_idx = _pick(available, need, rng)
+    return {"context_idx": context_idx, "target_idx": target_idx}
+
+
+def _first(mask: np.ndarray, k: int) -> np.ndarray:
+  """Raster-order indices of the first k True entries of each row of mask [..., n]."""
+  return np.argsort(~mask, axis=-1, kind="stable")[..., :k].astype(np.int32)
+
+
+def _pick(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+  """k indices of True entries of each row, uniformly at random, returned in raster order."""
+  counts = mask.sum(-1)
+  if np.all(counts == k):
+    return _first(mask, k)
+  keys = np.where(mask, rng.random(mask.shape, dtype=np.float32), 2.0)
+  idx = np.argpartition(keys, k - 1, axis=-1)[..., :k]
+  return np.sort(idx, axis=-1).astype(np.int32)

@@ -1,0 +1,80 @@
+"""Where training metrics go: metrics.jsonl, TensorBoard event files and a live progress line.
+
+Only process 0 writes; on the other processes every method is a no-op.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+def _fmt_eta(seconds: float) -> str:
+  seconds = int(max(0, seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, total_steps: int):
+    self.active = jax.process_index() == 0
+    self.total_steps = total_steps
+    self._tty = sys.stdout.isatty()
+    self._tb = None
+    if not self.active:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    from tensorboardX import SummaryWriter  # pure-python writer: no TensorFlow needed
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict) -> None:
+    if not self.active:
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(row) + "\n")
+    for k, v in row.items():
+      if k != "step":
+        self._tb.add_scalar(f"train/{k}", v, step)
+
+  def progress(self, step: int, metrics: dict, seconds_per_step: float) -> None:
+    if not self.active:
+      return
+    eta = _fmt_eta((self.total_steps - step) * seconds_per_step)
+    line = (f"step {step}/{self.total_steps} | loss {metrics['loss']:.4f} | "
+            f"{metrics['images_per_sec']:.1f} img/s | lr {metrics['lr']:.2e} | ETA {eta}")
+    if self._tty:
+      sys.stdout.write("\r" + line + " " * 4)
+    else:
+      sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+  def message(self, text: str) -> None:
+    if self.active:
+      if self._tty:
+        sys.stdout.write("\n")
+      print(text, flush=True)
+
+  def close(self) -> None:
+    if self.active:
+      if self._tty:
+        sys.stdout.write("\n")
+      self._jsonl.close()
+      self._tb.close()
+
+
+class Timer:
+  """Wall-clock time and step count since the last `lap()`."""
+
+  def __init__(self):
+    self._t = time.perf_counter()
+
+  def lap(self) -> float:
+    now = time.perf_counter()
+    dt, self._t = now - self._t, now
+    return dt

@@ -1,0 +1,73 @@
+"""The device mesh and the logical-axis rules that place parameters and activations on it.
+
+The models name their dimensions ('embed', 'mlp', 'act_batch', ...); the config's `axis_rules` map
+those names to mesh axes. The models never name a mesh axis.
+"""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from ijepa_jax.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp")
+BATCH_AXES = ("data", "fsdp")  # the leading batch dimension is split over both
+
+
+def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
+  """Axis sizes from the config, with a single -1 filling the remaining devices."""
+  unknown = set(mesh_cfg.keys()) - set(MESH_AXES)
+  if unknown:
+    raise ConfigError(f"config.mesh has unknown axes {sorted(unknown)}: the axes are {MESH_AXES}.")
+  sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1.")
+  known = math.prod(s for s in sizes if s != -1)
+  if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
+    raise ConfigError(
+        f"config.mesh {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} available devices: "
+        f"set e.g. --config.mesh.data=-1 --config.mesh.fsdp=1.")
+  sizes = [num_devices // known if s == -1 else s for s in sizes]
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(
+        f"config.mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices but {num_devices} are "
+        f"available: make the sizes multiply to {num_devices} or set one of them to -1.")
+  return tuple(sizes)
+
+
+def make_mesh(mesh_cfg, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_cfg, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def rules(config) -> tuple[tuple[str, object], ...]:
+  return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes) for name, axes in config.axis_rules)
+
+
+def logical_shardings(boxed_tree, mesh: Mesh, axis_rules):
+  """NamedShardings for a tree of nn.Partitioned leaves (e.g. from jax.eval_shape(model.init, ...))."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Assembles per-process numpy batches into global arrays split over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}

@@ -1,0 +1,78 @@
+"""The I-JEPA train step: one pure function of (state, batch).
+
+  targets  = LN(target_encoder(full image))[target blocks]        (no gradient)
+  context  = context_encoder(image tokens at context_idx)
+  preds    = predictor(context, context_idx, target_idx)           (one sequence per target block)
+  loss     = smooth-L1 (release) or L2 (paper) between preds and targets, mean over all elements
+  params  <- AdamW(grad loss);  target <- m * target + (1 - m) * params.encoder   (after the update)
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+LOSSES = ("smooth_l1", "l2")
+
+
+class TrainState(struct.PyTreeNode):
+  step: jax.Array
+  params: Any         # {'encoder': context-encoder params, 'predictor': predictor params}
+  target: Any         # target-encoder params: an EMA of params['encoder'], never differentiated
+  opt_state: Any
+
+
+def normalise(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 [B, H, W, C] -> float32, (x / 255 - mean) / std per channel (done on device)."""
+  x = images.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def prediction_loss(preds: jax.Array, targets: jax.Array, kind: str) -> jax.Array:
+  diff = preds.astype(jnp.float32) - targets.astype(jnp.float32)
+  if kind == "l2":
+    return jnp.mean(jnp.square(diff))
+  if kind == "smooth_l1":  # torch's smooth_l1_loss with beta = 1
+    a = jnp.abs(diff)
+    return jnp.mean(jnp.where(a < 1.0, 0.5 * jnp.square(diff), a - 0.5))
+  raise ValueError(f"loss {kind!r} is not one of {LOSSES}")
+
+
+def target_features(encoder: nn.Module, target_params, images, target_idx) -> jax.Array:
+  """LN(target_encoder(images)) gathered at the target blocks: [B, M, Kt, D], float32."""
+  h = encoder.apply({"params": target_params}, images).astype(jnp.float32)
+  mean = h.mean(-1, keepdims=True)
+  var = jnp.square(h - mean).mean(-1, keepdims=True)
+  h = (h - mean) * jax.lax.rsqrt(var + 1e-5)  # torch F.layer_norm: no affine, eps 1e-5
+  b, m, k = target_idx.shape
+  h = jnp.take_along_axis(h, target_idx.reshape(b, m * k, 1), axis=1)
+  return jax.lax.stop_gradient(h.reshape(b, m, k, -1))
+
+
+def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.GradientTransformation,
+                    momentum: Callable, loss: str, mean, std):
+  """Returns train_step(state, batch) -> (state, metrics); jit it with shardings in train.py."""
+
+  def train_step(state: TrainState, batch: dict):
+    images = normalise(batch["images"], mean, std)
+    context_idx, target_idx = batch["context_idx"], batch["target_idx"]
+    targets = target_features(encoder, state.target, images, target_idx)
+
+    def loss_fn(params):
+      context = encoder.apply({"params": params["encoder"]}, images, context_idx)
+      preds = predictor.apply({"params": params["predictor"]}, context, context_idx, target_idx)
+      return prediction_loss(preds, targets, loss)
+
+    value, grads = jax.value_and_grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    m = momentum(state.step)
+    target = jax.tree.map(lambda t, p: m * t + (1.0 - m) * p, state.target, params["encoder"])
+    metrics = {"loss": value, "grad_norm": optax.global_norm(grads)}
+    return TrainState(step=state.step + 1, params=params, target=target, opt_state=opt_state), metrics
+
+  return train_step

@@ -1,0 +1,170 @@
+"""I-JEPA pretraining loop: config -> mesh -> data -> sharded init -> jitted step -> checkpoints -> probe."""
+from __future__ import annotations
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ijepa_jax import checkpoint, data, metrics, optim, sharding
+from ijepa_jax.errors import ConfigError
+from ijepa_jax.masks import MultiBlockSampler
+from ijepa_jax.models import make_models
+from ijepa_jax.step import LOSSES, TrainState, make_train_step
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+# ============================================================================ config checks
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Everything that can be wrong with a config, found before any data is read or code compiled."""
+  d, m = config.data, config.model
+  if d.image_size % m.patch_size:
+    raise ConfigError(
+        f"data.image_size={d.image_size} is not divisible by model.patch_size={m.patch_size}: "
+        f"set --config.data.image_size to a multiple of {m.patch_size}.")
+  if config.loss not in LOSSES:
+    raise ConfigError(f"loss={config.loss!r}: use --config.loss=smooth_l1 (release) or l2 (paper).")
+  if config.dtype not in DTYPES:
+    raise ConfigError(f"dtype={config.dtype!r}: use --config.dtype=float32 or bfloat16.")
+  if config.batch_size <= 0:
+    raise ConfigError(f"batch_size={config.batch_size} must be positive.")
+  if len(d.mean) != d.channels or len(d.std) != d.channels:
+    raise ConfigError(f"data.mean/std need {d.channels} values (one per channel).")
+
+
+# ============================================================================ model + state
+def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_steps: int):
+  """Models, optimizer, the abstract sharded TrainState, a born-sharded initializer and the jitted step."""
+  d = config.data
+  encoder, predictor = make_models(config.model, d.image_size, d.channels, DTYPES[config.dtype])
+  tx = optim.make_optimizer(config.optim, total_steps, warmup_steps)
+  rules = sharding.rules(config)
+
+  def init_state(rng):
+    k_enc, k_pred = jax.random.split(rng)
+    images = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
+    ctx_idx = jnp.zeros((1, sampler.num_context), jnp.int32)
+    tgt_idx = jnp.zeros((1, sampler.num_targets, sampler.num_target), jnp.int32)
+    enc = encoder.init(k_enc, images, ctx_idx)["params"]
+    context = jnp.zeros((1, sampler.num_context, encoder.width), jnp.float32)
+    pred = predictor.init(k_pred, context, ctx_idx, tgt_idx)["params"]
+    params = {"encoder": enc, "predictor": pred}
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, target=params["encoder"],
+                      opt_state=tx.init(params))
+
+  rng = jax.random.key(config.seed)
+  boxed = jax.eval_shape(init_state, rng)
+  state_shardings = sharding.logical_shardings(boxed, mesh, rules)
+  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                nn.unbox(boxed), state_shardings)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    init = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)
+
+  step_fn = make_train_step(encoder, predictor, tx, optim.momentum_schedule(config.optim, total_steps),
+                            config.loss, d.mean, d.std)
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "context_idx", "target_idx")}
+  train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+                       out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  return encoder, abstract_state, (lambda: init(rng)), train_step
+
+
+def run_step(train_step, mesh, config, state, batch):
+  """Calls the jitted step with the mesh and the logical rules in scope (needed while tracing)."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+    return train_step(state, batch)
+
+
+# ============================================================================ schedule lengths
+def schedule_lengths(config, num_examples: int) -> tuple[int, int]:
+  steps_per_epoch = num_examples // config.batch_size
+  if config.total_steps > 0:
+    total = int(config.total_steps)
+  else:
+    if steps_per_epoch == 0:
+      raise ConfigError(f"batch_size={config.batch_size} is larger than the {num_examples} training examples: "
+                        f"lower --config.batch_size.")
+    total = int(config.num_epochs * steps_per_epoch)
+  warmup = int(config.warmup_steps) if config.warmup_steps >= 0 else int(config.warmup_epochs * steps_per_epoch)
+  return total, min(warmup, total)
+
+
+# ============================================================================ the loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+
+  # -- mesh
+  mesh = sharding.make_mesh(config.mesh)
+  dp = sharding.data_parallel_size(mesh)
+  if config.batch_size % dp or config.batch_size % jax.process_count():
+    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
+                      f"(mesh {dict(mesh.shape)}) and {jax.process_count()} processes: change --config.batch_size.")
+
+  # -- masks and data
+  grid = config.data.image_size // config.model.patch_size
+  sampler = MultiBlockSampler.from_config(config.mask, grid)
+  num_examples = len(data.make_source(config, config.data.split))
+  total_steps, warmup_steps = schedule_lengths(config, num_examples)
+  dataset = data.make_pretrain_dataset(config, sampler, jax.process_index(), jax.process_count())
+  iterator = iter(dataset)
+
+  # -- model, sharded state, step
+  encoder, abstract_state, init, train_step = build(config, mesh, sampler, total_steps, warmup_steps)
+  manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.checkpoint_every)
+  writer = metrics.MetricWriter(workdir, total_steps)
+  latest = manager.latest_step()
+  if latest is not None:
+    state, data_state = checkpoint.restore(manager, latest, abstract_state)
+    iterator.set_state(data_state)
+    writer.message(f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{latest} (step {int(state.step)}).")
+  else:
+    state = init()
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+  writer.message(
+      f"I-JEPA: {total_steps} steps of {config.batch_size} images on mesh {dict(mesh.shape)}; "
+      f"{grid}x{grid} patches, context {sampler.num_context} tokens, "
+      f"{sampler.num_targets} targets x {sampler.num_target} tokens.")
+
+  lr_fn = optim.lr_schedule(config.optim, total_steps, warmup_steps)
+  wd_fn = optim.wd_schedule(config.optim, total_steps)
+  mom_fn = optim.momentum_schedule(config.optim, total_steps)
+  start = int(state.step)
+  timer = metrics.Timer()
+  pending, skipped = [], 0
+  for step in range(start, total_steps):
+    batch = next(iterator)
+    skipped += int(np.sum(batch.pop("skipped", 0)))
+    state, m = run_step(train_step, mesh, config, state, sharding.global_batch(batch, mesh))
+    pending.append(m)
+    done = step + 1
+    if done % config.log_every == 0 or done == total_steps:
+      seconds = timer.lap()
+      row = {k: float(np.mean([float(x[k]) for x in pending])) for k in pending[0]}
+      row.update(lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
+                 images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped)
+      writer.write(done, row)
+      writer.progress(done, row, seconds / len(pending))
+      if not np.isfinite(row["loss"]):
+        raise FloatingPointError(f"loss is {row['loss']} at step {done}; the last checkpoint is intact.")
+      pending = []
+    if done % config.checkpoint_every == 0 or done == total_steps:
+      checkpoint.save(manager, done, state, iterator.get_state(), force=done == total_steps)
+  manager.wait_until_finished()
+  compiles = train_step._cache_size()
+  writer.message(f"Finished at step {int(state.step)}; train step compiled {compiles} time(s); "
+                 f"checkpoints in {checkpoint.checkpoint_dir(workdir)}.")
+
+  results = {}
+  if config.probe.enabled:
+    from ijepa_jax.evaluation import linear
+    results = linear.run(config, encoder, state.target, mesh, workdir)
+  manager.close()
+  writer.close()
+  return {"state": state, "compiles": compiles, **results}

@@ -1,0 +1,112 @@
+"""Multi-block mask sampler: static counts, disjointness, determinism, block geometry, errors."""
+import numpy as np
+import pytest
+
+from ijepa_jax.errors import ConfigError
+from ijepa_jax.masks import MultiBlockSampler
+
+
+def _sample(sampler, seed=0, batch=64):
+  return sampler(np.random.default_rng(seed), batch)
+
+
+@pytest.mark.parametrize("mode", ["release", "uniform"])
+def test_static_counts_and_ranges(mode):
+  s = MultiBlockSampler(grid=16, mode=mode).resolved()
+  for seed in range(5):
+    out = _sample(s, seed)
+    assert out["context_idx"].shape == (64, s.num_context) and out["context_idx"].dtype == np.int32
+    assert out["target_idx"].shape == (64, 4, s.num_target) and out["target_idx"].dtype == np.int32
+    assert out["context_idx"].min() >= 0 and out["context_idx"].max() < 256
+    # indices are distinct and in raster order within every list
+    assert np.all(np.diff(out["context_idx"], axis=-1) > 0)
+    assert np.all(np.diff(out["target_idx"], axis=-1) > 0)
+
+
+def test_release_counts_match_the_release():
+  # ViT-H/14 at 224 px: 16x16 grid; target blocks 35..54 tokens, so 35 kept per block; the release's
+  # mean truncated context length at per-device batch 128 is ~70 (REFERENCE.md).
+  s = MultiBlockSampler(grid=16).resolved()
+  assert s.num_target == 35
+  assert 60 <= s.num_context <= 75
+
+
+@pytest.mark.parametrize("mode", ["release", "uniform"])
+def test_context_and_targets_are_disjoint(mode):
+  s = MultiBlockSampler(grid=14, mode=mode).resolved()
+  out = _sample(s, 1, batch=128)
+  for ctx, tgt in zip(out["context_idx"], out["target_idx"]):
+    assert not set(ctx.tolist()) & set(tgt.ravel().tolist())
+
+
+def test_deterministic_from_the_generator():
+  s = MultiBlockSampler(grid=16).resolved()
+  a, b, c = _sample(s, 7), _sample(s, 7), _sample(s, 8)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(a["target_idx"], c["target_idx"])
+
+
+def _bbox(idx, grid):
+  r, c = np.divmod(idx, grid)
+  return r.min(), r.max(), c.min(), c.max()
+
+
+def test_targets_are_rectangles_of_the_drawn_size():
+  s = MultiBlockSampler(grid=16).resolved()
+  sizes = s._sizes(s.target_scale, s.target_aspect)
+  out = _sample(s, 3, batch=32)
+  for blocks in out["target_idx"]:
+    for idx in blocks:
+      r0, r1, c0, c1 = _bbox(idx, 16)
+      h, w = r1 - r0 + 1, c1 - c0 + 1
+      assert any(h <= bh and w <= bw for bh, bw in sizes)  # a subset of one allowed rectangle
+  # one block size per batch: all bounding boxes in a batch fit the same rectangle
+  hs = {(_bbox(i, 16)[1] - _bbox(i, 16)[0]) for b in out["target_idx"] for i in b}
+  assert max(hs) - min(hs) <= 9
+
+
+def test_release_never_covers_last_row_and_column_uniform_does():
+  def coverage(mode):
+    s = MultiBlockSampler(grid=8, mode=mode, min_keep=4).resolved()
+    hits = np.zeros(64)
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+      out = s(rng, 32)
+      np.add.at(hits, out["target_idx"].ravel(), 1)
+    return hits.reshape(8, 8)
+  rel, uni = coverage("release"), coverage("uniform")
+  assert rel[-1].sum() == 0 and rel[:, -1].sum() == 0
+  assert uni[-1].sum() > 0 and uni[:, -1].sum() > 0
+
+
+def test_mean_target_block_size_matches_analytic():
+  s = MultiBlockSampler(grid=16, mode="uniform").resolved()
+  rng = np.random.default_rng(0)
+  areas = []
+  for _ in range(300):
+    t_size, _ = s._draw_sizes(rng)
+    areas.append(t_size[0] * t_size[1])
+  grid_u = np.linspace(0, 1, 20001)
+  analytic = np.mean([np.prod(s._block_size(u, s.target_scale, s.target_aspect)) for u in grid_u])
+  assert abs(np.mean(areas) - analytic) < 0.05 * analytic
+
+
+def test_impossible_settings_are_clear_errors_not_hangs():
+  with pytest.raises(ConfigError, match="min_keep"):
+    MultiBlockSampler(grid=7).resolved()          # the release's settings on a 7x7 grid
+  with pytest.raises(ConfigError, match="min_keep"):
+    MultiBlockSampler(grid=8).resolved()
+  with pytest.raises(ConfigError, match="num_context"):
+    MultiBlockSampler(grid=16, num_context=250).resolved()
+  with pytest.raises(ConfigError, match="mode"):
+    MultiBlockSampler(grid=16, mode="random").resolved()
+  with pytest.raises(ConfigError, match="num_targets|target_scale"):
+    MultiBlockSampler(grid=8, min_keep=4, num_targets=16, target_scale=(0.7, 0.8)).resolved()
+
+
+def test_small_grid_demo_settings_are_meaningful():
+  s = MultiBlockSampler(grid=7, mode="uniform", min_keep=4).resolved()
+  out = _sample(s, 0, batch=128)
+  assert s.num_context >= 10 and s.num_target >= 5
+  assert out["context_idx"].shape[1] == s.num_context
