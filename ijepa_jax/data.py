@@ -27,6 +27,8 @@ import logging
 import math
 import os
 import struct
+import sys
+import threading
 from typing import Any, Callable, Sequence
 
 import grain
@@ -46,6 +48,7 @@ _FASHION_FILES = {
 }
 _IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
 _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
+_SHUFFLE_TAG = 0x1E9A  # separates the shuffle's random stream from other uses of config.seed
 
 MaskFn = Callable[[np.random.Generator, int], "dict[str, np.ndarray]"]
 
@@ -541,6 +544,59 @@ class _AddMasks(grain.transforms.RandomMap):
     return batch
 
 
+class _ShuffledIndexBatches(grain.MapDataset):
+  """Element j: int64 [b] source indices of this process's j-th batch, computed with numpy for the whole batch.
+
+  The same index stream as `MapDataset.range(n).shuffle().repeat()[process_index::process_count].batch(b)`
+  (a fresh permutation of range(n) every epoch, processes interleaved over the global stream, so they
+  read disjoint examples within an epoch), without grain's per-element Python calls. Epoch e's
+  permutation is `np.random.default_rng([_SHUFFLE_TAG, seed, e]).permutation(n)`; the last two are cached.
+  """
+
+  def __init__(self, n: int, batch_size: int, process_index: int, process_count: int, seed: int):
+    super().__init__()
+    self._n, self._b, self._pi, self._pc, self._shuffle_seed = n, batch_size, process_index, process_count, seed
+    self._lock = threading.Lock()
+    self._perms: dict[int, np.ndarray] = {}
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_lock"], state["_perms"] = None, {}
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __str__(self) -> str:
+    return f"ShuffledIndexBatches(n={self._n}, batch={self._b}, shard={self._pi}/{self._pc})"
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      perm = self._perms.get(epoch)
+    if perm is None:
+      perm = np.random.default_rng([_SHUFFLE_TAG, self._shuffle_seed, epoch]).permutation(self._n)
+      with self._lock:
+        self._perms[epoch] = perm
+        while len(self._perms) > 2:
+          del self._perms[min(self._perms)]
+    return perm
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    positions = (int(index) * self._b + np.arange(self._b, dtype=np.int64)) * self._pc + self._pi
+    epochs, within = np.divmod(positions, self._n)
+    out = np.empty(self._b, np.int64)
+    for epoch in range(int(epochs[0]), int(epochs[-1]) + 1):
+      sel = epochs == epoch
+      out[sel] = self._permutation(epoch)[within[sel]]
+    return out
+
+
 def _stack_batch(elements: Sequence[dict]) -> dict:
   return {"images": np.stack([e["images"] for e in elements]),
           "skipped": np.asarray([e["skipped"] for e in elements], np.int32)}
@@ -575,10 +631,8 @@ def make_pretrain_dataset(config, mask_fn: MaskFn, process_index: int = 0, proce
     raise ConfigError(f"{source} is empty: check --config.data.path / --config.data.split.")
 
   if isinstance(source, ArraySource):
-    # Shuffle/shard/batch indices only; one vectorised gather + crop per batch.
-    ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
-    ds = ds[process_index::process_count]
-    ds = ds.batch(b, drop_remainder=True, batch_fn=np.asarray)
+    # Shuffle/shard/batch indices with numpy, then one vectorised gather + crop per batch.
+    ds = _ShuffledIndexBatches(len(source), b, process_index, process_count, seed).seed(seed)
     ds = ds.random_map(_CropArrayBatch(source.images, size, scale, ratio, channels))
     default_threads = 1
   else:

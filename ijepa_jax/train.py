@@ -136,33 +136,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   wd_fn = optim.wd_schedule(config.optim, total_steps)
   mom_fn = optim.momentum_schedule(config.optim, total_steps)
   start = int(state.step)
+  stop = total_steps if config.run_steps <= 0 else min(total_steps, start + config.run_steps)
   timer = metrics.Timer()
   pending, skipped = [], 0
-  for step in range(start, total_steps):
+  for step in range(start, stop):
     batch = next(iterator)
     skipped += int(np.sum(batch.pop("skipped", 0)))
     state, m = run_step(train_step, mesh, config, state, sharding.global_batch(batch, mesh))
     pending.append(m)
     done = step + 1
-    if done % config.log_every == 0 or done == total_steps:
+    if done % config.log_every == 0 or done == stop:
       seconds = timer.lap()
-      row = {k: float(np.mean([float(x[k]) for x in pending])) for k in pending[0]}
-      row.update(lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
+      # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
+      # 'loss_window' averages the steps since the previous log line of this invocation.
+      row = {k: float(v) for k, v in pending[-1].items()}
+      row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
+                 lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
                  images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped)
       writer.write(done, row)
       writer.progress(done, row, seconds / len(pending))
       if not np.isfinite(row["loss"]):
         raise FloatingPointError(f"loss is {row['loss']} at step {done}; the last checkpoint is intact.")
       pending = []
-    if done % config.checkpoint_every == 0 or done == total_steps:
-      checkpoint.save(manager, done, state, iterator.get_state(), force=done == total_steps)
+    if done % config.checkpoint_every == 0 or done == stop:
+      checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop)
   manager.wait_until_finished()
   compiles = train_step._cache_size()
-  writer.message(f"Finished at step {int(state.step)}; train step compiled {compiles} time(s); "
+  where = "Finished" if int(state.step) == total_steps else "Stopped (run_steps)"
+  writer.message(f"{where} at step {int(state.step)} of {total_steps}; train step compiled {compiles} time(s); "
                  f"checkpoints in {checkpoint.checkpoint_dir(workdir)}.")
 
   results = {}
-  if config.probe.enabled:
+  if config.probe.enabled and int(state.step) == total_steps:
     from ijepa_jax.evaluation import linear
     results = linear.run(config, encoder, state.target, mesh, workdir)
   manager.close()

@@ -11,11 +11,11 @@ import pytest
 from ml_collections import ConfigDict
 
 from ijepa_jax.models import (
-    VIT_SIZES,
-    Predictor,
-    VisionTransformer,
-    make_models,
-    sincos_pos_embed_2d,
+  VIT_SIZES,
+  Predictor,
+  VisionTransformer,
+  make_models,
+  sincos_pos_embed_2d,
 )
 
 IMG, PATCH, C, D = 16, 4, 3, 32
@@ -24,332 +24,332 @@ N = GRID * GRID
 
 
 def _encoder(**kw):
-    cfg = dict(image_size=IMG, patch_size=PATCH, channels=C, width=D, depth=2, num_heads=4, mlp_dim=64)
-    cfg.update(kw)
-    return VisionTransformer(**cfg)
+  cfg = dict(image_size=IMG, patch_size=PATCH, channels=C, width=D, depth=2, num_heads=4, mlp_dim=64)
+  cfg.update(kw)
+  return VisionTransformer(**cfg)
 
 
 def _init(model, key, *args):
-    """Jitted init: much faster on CPU than eager per-op init."""
-    return jax.jit(model.init)(jax.random.key(key), *args)
+  """Jitted init: much faster on CPU than eager per-op init."""
+  return jax.jit(model.init)(jax.random.key(key), *args)
 
 
 def _apply(model, variables, *args, **kwargs):
-    """Jitted apply (one compile instead of many eager per-op compiles)."""
-    return jax.jit(model.apply)(variables, *args, **kwargs)
+  """Jitted apply (one compile instead of many eager per-op compiles)."""
+  return jax.jit(model.apply)(variables, *args, **kwargs)
 
 
 def _predictor(**kw):
-    cfg = dict(grid=GRID, embed_width=D, width=16, depth=1, num_heads=2)
-    cfg.update(kw)
-    return Predictor(**cfg)
+  cfg = dict(grid=GRID, embed_width=D, width=16, depth=1, num_heads=2)
+  cfg.update(kw)
+  return Predictor(**cfg)
 
 
 @pytest.fixture(scope="module")
 def images():
-    return jax.random.normal(jax.random.key(0), (2, IMG, IMG, C), jnp.float32)
+  return jax.random.normal(jax.random.key(0), (2, IMG, IMG, C), jnp.float32)
 
 
 @pytest.fixture(scope="module")
 def enc_and_vars(images):
-    enc = _encoder()
-    return enc, _init(enc, 1, images)
+  enc = _encoder()
+  return enc, _init(enc, 1, images)
 
 
 @pytest.fixture(scope="module")
 def pred_and_vars():
-    pred = _predictor()
-    ctx = jax.random.normal(jax.random.key(2), (2, 5, D))
-    cidx = jnp.tile(jnp.arange(5, dtype=jnp.int32)[None], (2, 1))
-    tidx = jnp.tile(jnp.arange(6, 12, dtype=jnp.int32).reshape(1, 2, 3), (2, 1, 1))
-    return pred, _init(pred, 3, ctx, cidx, tidx), (ctx, cidx, tidx)
+  pred = _predictor()
+  ctx = jax.random.normal(jax.random.key(2), (2, 5, D))
+  cidx = jnp.tile(jnp.arange(5, dtype=jnp.int32)[None], (2, 1))
+  tidx = jnp.tile(jnp.arange(6, 12, dtype=jnp.int32).reshape(1, 2, 3), (2, 1, 1))
+  return pred, _init(pred, 3, ctx, cidx, tidx), (ctx, cidx, tidx)
 
 
 # ---------------------------------------------------------------- pos embed
 
 def test_pos_embed_values():
-    pe = sincos_pos_embed_2d(8, 3, 4)
-    assert pe.shape == (12, 8) and pe.dtype == np.float32
-    w = np.array([1.0, 1.0 / 100.0])
-    # (row=0, col=1) -> n = 1
-    np.testing.assert_allclose(pe[1, :4], np.concatenate([np.sin(w), np.cos(w)]), rtol=1e-6)
-    np.testing.assert_allclose(pe[1, 4:], [0, 0, 1, 1], atol=1e-7)
-    # (row=2, col=3) -> n = 2*4 + 3 = 11
-    np.testing.assert_allclose(pe[11, :4], np.concatenate([np.sin(3 * w), np.cos(3 * w)]), rtol=1e-6)
-    np.testing.assert_allclose(pe[11, 4:], np.concatenate([np.sin(2 * w), np.cos(2 * w)]), rtol=1e-6)
-    # origin
-    np.testing.assert_allclose(pe[0], [0, 0, 1, 1, 0, 0, 1, 1], atol=1e-7)
+  pe = sincos_pos_embed_2d(8, 3, 4)
+  assert pe.shape == (12, 8) and pe.dtype == np.float32
+  w = np.array([1.0, 1.0 / 100.0])
+  # (row=0, col=1) -> n = 1
+  np.testing.assert_allclose(pe[1, :4], np.concatenate([np.sin(w), np.cos(w)]), rtol=1e-6)
+  np.testing.assert_allclose(pe[1, 4:], [0, 0, 1, 1], atol=1e-7)
+  # (row=2, col=3) -> n = 2*4 + 3 = 11
+  np.testing.assert_allclose(pe[11, :4], np.concatenate([np.sin(3 * w), np.cos(3 * w)]), rtol=1e-6)
+  np.testing.assert_allclose(pe[11, 4:], np.concatenate([np.sin(2 * w), np.cos(2 * w)]), rtol=1e-6)
+  # origin
+  np.testing.assert_allclose(pe[0], [0, 0, 1, 1, 0, 0, 1, 1], atol=1e-7)
 
 
 def test_pos_embed_bad_dim():
-    with pytest.raises(ValueError):
-        sincos_pos_embed_2d(6, 2, 2)
+  with pytest.raises(ValueError):
+    sincos_pos_embed_2d(6, 2, 2)
 
 
 def test_pos_embed_not_a_param(enc_and_vars, pred_and_vars):
-    for _, v, *_ in (enc_and_vars, pred_and_vars):
-        names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(nn.unbox(v))]
-        assert not any("pos" in n for n in names)
+  for _, v, *_ in (enc_and_vars, pred_and_vars):
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(nn.unbox(v))]
+    assert not any("pos" in n for n in names)
 
 
 # ---------------------------------------------------------------- shapes
 
 def test_encoder_shapes(enc_and_vars, images):
-    enc, v = enc_and_vars
-    assert enc.grid == GRID
-    assert _apply(enc, v, images).shape == (2, N, D)
-    idx = jnp.array([[0, 3, 7], [1, 2, 15]], jnp.int32)
-    assert _apply(enc, v, images, token_idx=idx).shape == (2, 3, D)
+  enc, v = enc_and_vars
+  assert enc.grid == GRID
+  assert _apply(enc, v, images).shape == (2, N, D)
+  idx = jnp.array([[0, 3, 7], [1, 2, 15]], jnp.int32)
+  assert _apply(enc, v, images, token_idx=idx).shape == (2, 3, D)
 
 
 def test_encoder_intermediates(enc_and_vars, images):
-    enc, v = enc_and_vars
-    out, state = jax.jit(functools.partial(enc.apply, mutable=["intermediates"]))(v, images)
-    inter = state["intermediates"]
-    assert set(inter) == {"block_0", "block_1"}
-    assert inter["block_1"][0].shape == (2, N, D)
-    # final norm applied after the last sown block output
-    np.testing.assert_allclose(
-        out, nn.LayerNorm(epsilon=1e-6).apply({"params": nn.unbox(v["params"])["norm"]}, inter["block_1"][0]),
-        rtol=1e-5, atol=1e-5,
-    )
+  enc, v = enc_and_vars
+  out, state = jax.jit(functools.partial(enc.apply, mutable=["intermediates"]))(v, images)
+  inter = state["intermediates"]
+  assert set(inter) == {"block_0", "block_1"}
+  assert inter["block_1"][0].shape == (2, N, D)
+  # final norm applied after the last sown block output
+  np.testing.assert_allclose(
+    out, nn.LayerNorm(epsilon=1e-6).apply({"params": nn.unbox(v["params"])["norm"]}, inter["block_1"][0]),
+    rtol=1e-5, atol=1e-5,
+  )
 
 
 def test_encoder_bad_patch():
-    enc = _encoder(image_size=18)
-    with pytest.raises(ValueError, match="divisible"):
-        _init(enc, 0, jnp.zeros((1, 18, 18, C)))
+  enc = _encoder(image_size=18)
+  with pytest.raises(ValueError, match="divisible"):
+    _init(enc, 0, jnp.zeros((1, 18, 18, C)))
 
 
 def test_predictor_shapes(pred_and_vars):
-    pred, v, (ctx, cidx, tidx) = pred_and_vars
-    assert _apply(pred, v, ctx, cidx, tidx).shape == (2, 2, 3, D)
+  pred, v, (ctx, cidx, tidx) = pred_and_vars
+  assert _apply(pred, v, ctx, cidx, tidx).shape == (2, 2, 3, D)
 
 
 def _np_ln(x, p):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]
 
 
 def _np_block(x, p, heads):
-    from math import erf
+  from math import erf
 
-    b, t, d = x.shape
-    hd = d // heads
-    y = _np_ln(x, p["norm1"])
-    qkv = (y @ p["attn"]["qkv"]["kernel"] + p["attn"]["qkv"]["bias"]).reshape(b, t, 3, heads, hd)
-    q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # [B, H, T, hd]
-    logits = q @ k.transpose(0, 1, 3, 2) * hd ** -0.5
-    att = np.exp(logits - logits.max(-1, keepdims=True))
-    att /= att.sum(-1, keepdims=True)
-    o = (att @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
-    x = x + o @ p["attn"]["proj"]["kernel"] + p["attn"]["proj"]["bias"]
-    y = _np_ln(x, p["norm2"])
-    h = y @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"]
-    h = 0.5 * h * (1 + np.vectorize(erf)(h / np.sqrt(2)))
-    return x + h @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
+  b, t, d = x.shape
+  hd = d // heads
+  y = _np_ln(x, p["norm1"])
+  qkv = (y @ p["attn"]["qkv"]["kernel"] + p["attn"]["qkv"]["bias"]).reshape(b, t, 3, heads, hd)
+  q, k, v = (qkv[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # [B, H, T, hd]
+  logits = q @ k.transpose(0, 1, 3, 2) * hd ** -0.5
+  att = np.exp(logits - logits.max(-1, keepdims=True))
+  att /= att.sum(-1, keepdims=True)
+  o = (att @ v).transpose(0, 2, 1, 3).reshape(b, t, d)
+  x = x + o @ p["attn"]["proj"]["kernel"] + p["attn"]["proj"]["bias"]
+  y = _np_ln(x, p["norm2"])
+  h = y @ p["mlp"]["fc1"]["kernel"] + p["mlp"]["fc1"]["bias"]
+  h = 0.5 * h * (1 + np.vectorize(erf)(h / np.sqrt(2)))
+  return x + h @ p["mlp"]["fc2"]["kernel"] + p["mlp"]["fc2"]["bias"]
 
 
 def test_encoder_matches_numpy_reference(enc_and_vars, images):
-    """Independent float64 numpy forward: row-major patches, qkv layout, exact GELU, eps."""
-    enc, v = enc_and_vars
-    p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), nn.unbox(v)["params"])
-    x = np.asarray(images, np.float64)
-    b = x.shape[0]
-    patches = x.reshape(b, GRID, PATCH, GRID, PATCH, C).transpose(0, 1, 3, 2, 4, 5).reshape(b, N, -1)
-    t = patches @ p["patch_embed"]["kernel"].reshape(-1, D) + p["patch_embed"]["bias"]
-    t = t + sincos_pos_embed_2d(D, GRID, GRID)
-    for i in range(enc.depth):
-        t = _np_block(t, p[f"blocks_{i}"], enc.num_heads)
-    ref = _np_ln(t, p["norm"])
-    np.testing.assert_allclose(_apply(enc, v, images), ref, rtol=1e-4, atol=1e-4)
+  """Independent float64 numpy forward: row-major patches, qkv layout, exact GELU, eps."""
+  enc, v = enc_and_vars
+  p = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), nn.unbox(v)["params"])
+  x = np.asarray(images, np.float64)
+  b = x.shape[0]
+  patches = x.reshape(b, GRID, PATCH, GRID, PATCH, C).transpose(0, 1, 3, 2, 4, 5).reshape(b, N, -1)
+  t = patches @ p["patch_embed"]["kernel"].reshape(-1, D) + p["patch_embed"]["bias"]
+  t = t + sincos_pos_embed_2d(D, GRID, GRID)
+  for i in range(enc.depth):
+    t = _np_block(t, p[f"blocks_{i}"], enc.num_heads)
+  ref = _np_ln(t, p["norm"])
+  np.testing.assert_allclose(_apply(enc, v, images), ref, rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------- gathering
 
 def test_gather_identity_exact(enc_and_vars, images):
-    enc, v = enc_and_vars
-    idx = jnp.tile(jnp.arange(N, dtype=jnp.int32)[None], (2, 1))
-    # Eager: the same op sequence runs, so the result is bit-identical.
-    full = enc.apply(v, images)
-    np.testing.assert_array_equal(np.asarray(enc.apply(v, images, token_idx=idx)), np.asarray(full))
-    # Jitted: separately compiled programs may fuse differently (ulp-level differences).
-    np.testing.assert_allclose(_apply(enc, v, images, token_idx=idx), _apply(enc, v, images), rtol=1e-6, atol=1e-6)
+  enc, v = enc_and_vars
+  idx = jnp.tile(jnp.arange(N, dtype=jnp.int32)[None], (2, 1))
+  # Eager: the same op sequence runs, so the result is bit-identical.
+  full = enc.apply(v, images)
+  np.testing.assert_array_equal(np.asarray(enc.apply(v, images, token_idx=idx)), np.asarray(full))
+  # Jitted: separately compiled programs may fuse differently (ulp-level differences).
+  np.testing.assert_allclose(_apply(enc, v, images, token_idx=idx), _apply(enc, v, images), rtol=1e-6, atol=1e-6)
 
 
 def test_gather_permutation_equivariance(enc_and_vars, images):
-    enc, v = enc_and_vars
-    idx = jnp.array([[0, 5, 9, 14, 3], [2, 4, 6, 8, 10]], jnp.int32)
-    perm = jnp.array([3, 0, 4, 1, 2])
-    out = _apply(enc, v, images, token_idx=idx)
-    out_p = _apply(enc, v, images, token_idx=idx[:, perm])
-    np.testing.assert_allclose(out_p, out[:, perm], rtol=1e-5, atol=1e-5)
-    # positional embedding is added before gathering: same token set at other
-    # positions gives different features
-    out_other = _apply(enc, v, images, token_idx=idx + 1)
-    assert not np.allclose(out_other, out, atol=1e-3)
+  enc, v = enc_and_vars
+  idx = jnp.array([[0, 5, 9, 14, 3], [2, 4, 6, 8, 10]], jnp.int32)
+  perm = jnp.array([3, 0, 4, 1, 2])
+  out = _apply(enc, v, images, token_idx=idx)
+  out_p = _apply(enc, v, images, token_idx=idx[:, perm])
+  np.testing.assert_allclose(out_p, out[:, perm], rtol=1e-5, atol=1e-5)
+  # positional embedding is added before gathering: same token set at other
+  # positions gives different features
+  out_other = _apply(enc, v, images, token_idx=idx + 1)
+  assert not np.allclose(out_other, out, atol=1e-3)
 
 
 # ---------------------------------------------------------------- predictor
 
 def test_target_blocks_independent(pred_and_vars):
-    pred, v, (ctx, cidx, tidx) = pred_and_vars
-    out = _apply(pred, v, ctx, cidx, tidx)
-    tidx2 = tidx.at[:, 1].set(jnp.array([13, 14, 15], jnp.int32))
-    out2 = _apply(pred, v, ctx, cidx, tidx2)
-    np.testing.assert_allclose(out2[:, 0], out[:, 0], rtol=1e-6, atol=1e-6)
-    assert not np.allclose(out2[:, 1], out[:, 1], atol=1e-4)
+  pred, v, (ctx, cidx, tidx) = pred_and_vars
+  out = _apply(pred, v, ctx, cidx, tidx)
+  tidx2 = tidx.at[:, 1].set(jnp.array([13, 14, 15], jnp.int32))
+  out2 = _apply(pred, v, ctx, cidx, tidx2)
+  np.testing.assert_allclose(out2[:, 0], out[:, 0], rtol=1e-6, atol=1e-6)
+  assert not np.allclose(out2[:, 1], out[:, 1], atol=1e-4)
 
 
 def test_predictor_equals_single_block_run(pred_and_vars):
-    # Running each target block on its own gives the same result as the batched call.
-    pred, v, (ctx, cidx, tidx) = pred_and_vars
-    out = _apply(pred, v, ctx, cidx, tidx)
-    for m in range(tidx.shape[1]):
-        single = _apply(pred, v, ctx, cidx, tidx[:, m : m + 1])
-        np.testing.assert_allclose(single[:, 0], out[:, m], rtol=1e-5, atol=1e-6)
+  # Running each target block on its own gives the same result as the batched call.
+  pred, v, (ctx, cidx, tidx) = pred_and_vars
+  out = _apply(pred, v, ctx, cidx, tidx)
+  for m in range(tidx.shape[1]):
+    single = _apply(pred, v, ctx, cidx, tidx[:, m : m + 1])
+    np.testing.assert_allclose(single[:, 0], out[:, m], rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------- init
 
 def test_init_statistics():
-    enc = VisionTransformer(image_size=8, patch_size=8, channels=1, width=256, depth=1, num_heads=4, mlp_dim=1024)
-    v = nn.unbox(_init(enc, 7, jnp.zeros((1, 8, 8, 1))))["params"]
-    k = np.asarray(v["blocks_0"]["mlp"]["fc1"]["kernel"])
-    assert k.shape == (256, 1024)
-    assert abs(k.std() - 0.02) < 0.05 * 0.02
-    assert abs(k.mean()) < 1e-3
-    assert np.abs(k).max() > 2.5 * 0.02  # not truncated at 2 sigma
-    b = v["blocks_0"]
-    for name in ("qkv", "proj"):
-        np.testing.assert_array_equal(b["attn"][name]["bias"], 0)
-    for name in ("fc1", "fc2"):
-        np.testing.assert_array_equal(b["mlp"][name]["bias"], 0)
-    for ln in (b["norm1"], b["norm2"], v["norm"]):
-        np.testing.assert_array_equal(ln["scale"], 1)
-        np.testing.assert_array_equal(ln["bias"], 0)
-    np.testing.assert_array_equal(v["patch_embed"]["bias"], 0)
-    assert abs(np.asarray(v["patch_embed"]["kernel"]).std() - 0.02) < 0.1 * 0.02
+  enc = VisionTransformer(image_size=8, patch_size=8, channels=1, width=256, depth=1, num_heads=4, mlp_dim=1024)
+  v = nn.unbox(_init(enc, 7, jnp.zeros((1, 8, 8, 1))))["params"]
+  k = np.asarray(v["blocks_0"]["mlp"]["fc1"]["kernel"])
+  assert k.shape == (256, 1024)
+  assert abs(k.std() - 0.02) < 0.05 * 0.02
+  assert abs(k.mean()) < 1e-3
+  assert np.abs(k).max() > 2.5 * 0.02  # not truncated at 2 sigma
+  b = v["blocks_0"]
+  for name in ("qkv", "proj"):
+    np.testing.assert_array_equal(b["attn"][name]["bias"], 0)
+  for name in ("fc1", "fc2"):
+    np.testing.assert_array_equal(b["mlp"][name]["bias"], 0)
+  for ln in (b["norm1"], b["norm2"], v["norm"]):
+    np.testing.assert_array_equal(ln["scale"], 1)
+    np.testing.assert_array_equal(ln["bias"], 0)
+  np.testing.assert_array_equal(v["patch_embed"]["bias"], 0)
+  assert abs(np.asarray(v["patch_embed"]["kernel"]).std() - 0.02) < 0.1 * 0.02
 
 
 def test_mask_token_init(pred_and_vars):
-    _, v, _ = pred_and_vars
-    mt = np.asarray(nn.unbox(v)["params"]["mask_token"])
-    assert mt.shape == (1, 1, 16)
-    assert 0 < np.abs(mt).max() < 0.2
+  _, v, _ = pred_and_vars
+  mt = np.asarray(nn.unbox(v)["params"]["mask_token"])
+  assert mt.shape == (1, 1, 16)
+  assert 0 < np.abs(mt).max() < 0.2
 
 
 # ---------------------------------------------------------------- metadata
 
 def test_logical_axis_names(enc_and_vars, pred_and_vars):
-    _, ev = enc_and_vars
-    _, pv, _ = pred_and_vars
-    es = nn.get_partition_spec(ev)["params"]
-    ps = nn.get_partition_spec(pv)["params"]
-    b = es["blocks_0"]
-    assert tuple(b["attn"]["qkv"]["kernel"]) == ("embed", "qkv")
-    assert tuple(b["attn"]["qkv"]["bias"]) == ("qkv",)
-    assert tuple(b["attn"]["proj"]["kernel"]) == ("heads", "embed")
-    assert tuple(b["attn"]["proj"]["bias"]) == ("embed",)
-    assert tuple(b["mlp"]["fc1"]["kernel"]) == ("embed", "mlp")
-    assert tuple(b["mlp"]["fc1"]["bias"]) == ("mlp",)
-    assert tuple(b["mlp"]["fc2"]["kernel"]) == ("mlp", "embed")
-    assert tuple(b["mlp"]["fc2"]["bias"]) == ("embed",)
-    assert tuple(b["norm1"]["scale"]) == ("norm",)
-    assert tuple(es["norm"]["bias"]) == ("norm",)
-    assert tuple(es["patch_embed"]["kernel"]) == ("patch_h", "patch_w", "channels", "embed")
-    assert tuple(es["patch_embed"]["bias"]) == ("embed",)
-    assert tuple(ps["predictor_embed"]["kernel"]) == ("embed_in", "embed")
-    assert tuple(ps["predictor_embed"]["bias"]) == ("embed",)
-    assert tuple(ps["predictor_proj"]["kernel"]) == ("embed", "embed_out")
-    assert tuple(ps["predictor_proj"]["bias"]) == ("embed_out",)
-    assert tuple(ps["mask_token"]) == (None, None, "embed")
-    assert tuple(ps["predictor_norm"]["scale"]) == ("norm",)
-    # every leaf is boxed
-    leaves = jax.tree_util.tree_leaves(pv, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-    assert all(isinstance(x, nn.Partitioned) for x in leaves)
-    assert set(pv["params"]) == {"predictor_embed", "mask_token", "blocks_0", "predictor_norm", "predictor_proj"}
-    assert set(ev["params"]) == {"patch_embed", "blocks_0", "blocks_1", "norm"}
+  _, ev = enc_and_vars
+  _, pv, _ = pred_and_vars
+  es = nn.get_partition_spec(ev)["params"]
+  ps = nn.get_partition_spec(pv)["params"]
+  b = es["blocks_0"]
+  assert tuple(b["attn"]["qkv"]["kernel"]) == ("embed", "qkv")
+  assert tuple(b["attn"]["qkv"]["bias"]) == ("qkv",)
+  assert tuple(b["attn"]["proj"]["kernel"]) == ("heads", "embed")
+  assert tuple(b["attn"]["proj"]["bias"]) == ("embed",)
+  assert tuple(b["mlp"]["fc1"]["kernel"]) == ("embed", "mlp")
+  assert tuple(b["mlp"]["fc1"]["bias"]) == ("mlp",)
+  assert tuple(b["mlp"]["fc2"]["kernel"]) == ("mlp", "embed")
+  assert tuple(b["mlp"]["fc2"]["bias"]) == ("embed",)
+  assert tuple(b["norm1"]["scale"]) == ("norm",)
+  assert tuple(es["norm"]["bias"]) == ("norm",)
+  assert tuple(es["patch_embed"]["kernel"]) == ("patch_h", "patch_w", "channels", "embed")
+  assert tuple(es["patch_embed"]["bias"]) == ("embed",)
+  assert tuple(ps["predictor_embed"]["kernel"]) == ("embed_in", "embed")
+  assert tuple(ps["predictor_embed"]["bias"]) == ("embed",)
+  assert tuple(ps["predictor_proj"]["kernel"]) == ("embed", "embed_out")
+  assert tuple(ps["predictor_proj"]["bias"]) == ("embed_out",)
+  assert tuple(ps["mask_token"]) == (None, None, "embed")
+  assert tuple(ps["predictor_norm"]["scale"]) == ("norm",)
+  # every leaf is boxed
+  leaves = jax.tree_util.tree_leaves(pv, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  assert all(isinstance(x, nn.Partitioned) for x in leaves)
+  assert set(pv["params"]) == {"predictor_embed", "mask_token", "blocks_0", "predictor_norm", "predictor_proj"}
+  assert set(ev["params"]) == {"patch_embed", "blocks_0", "blocks_1", "norm"}
 
 
 # ---------------------------------------------------------------- dtype / remat
 
 def test_bf16_compute(enc_and_vars, pred_and_vars, images):
-    _, v = enc_and_vars
-    enc = _encoder(dtype=jnp.bfloat16)
-    # params are float32 regardless of the compute dtype
-    shapes = jax.eval_shape(enc.init, jax.random.key(0), images)
-    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(shapes)))
-    out = _apply(enc, v, images)  # float32 params, bf16 compute
-    assert out.dtype == jnp.bfloat16 and out.shape == (2, N, D)
-    assert np.all(np.isfinite(np.asarray(out, np.float32)))
-    pred = _predictor(dtype=jnp.bfloat16)
-    _, pv, (ctx, cidx, tidx) = pred_and_vars
-    pshapes = jax.eval_shape(pred.init, jax.random.key(1), ctx, cidx, tidx)
-    assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(pshapes)))
-    pout = jax.eval_shape(pred.apply, pv, out[:, :5], cidx, tidx)
-    assert pout.dtype == jnp.bfloat16 and pout.shape == (2, 2, 3, D)
+  _, v = enc_and_vars
+  enc = _encoder(dtype=jnp.bfloat16)
+  # params are float32 regardless of the compute dtype
+  shapes = jax.eval_shape(enc.init, jax.random.key(0), images)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(shapes)))
+  out = _apply(enc, v, images)  # float32 params, bf16 compute
+  assert out.dtype == jnp.bfloat16 and out.shape == (2, N, D)
+  assert np.all(np.isfinite(np.asarray(out, np.float32)))
+  pred = _predictor(dtype=jnp.bfloat16)
+  _, pv, (ctx, cidx, tidx) = pred_and_vars
+  pshapes = jax.eval_shape(pred.init, jax.random.key(1), ctx, cidx, tidx)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(pshapes)))
+  pout = jax.eval_shape(pred.apply, pv, out[:, :5], cidx, tidx)
+  assert pout.dtype == jnp.bfloat16 and pout.shape == (2, 2, 3, D)
 
 
 def test_remat_same_output_and_grads(enc_and_vars, images):
-    enc, v = enc_and_vars
-    enc_r = _encoder(remat=True)
-    np.testing.assert_allclose(_apply(enc_r, v, images), _apply(enc, v, images), rtol=1e-6, atol=1e-6)
-    loss = lambda m: (lambda p: jnp.sum(m.apply(p, images) ** 2))
-    g = jax.jit(jax.grad(loss(enc)))(v)
-    g_r = jax.jit(jax.grad(loss(enc_r)))(v)
-    for a, b in zip(jax.tree_util.tree_leaves(nn.unbox(g)), jax.tree_util.tree_leaves(nn.unbox(g_r))):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  enc, v = enc_and_vars
+  enc_r = _encoder(remat=True)
+  np.testing.assert_allclose(_apply(enc_r, v, images), _apply(enc, v, images), rtol=1e-6, atol=1e-6)
+  loss = lambda m: (lambda p: jnp.sum(m.apply(p, images) ** 2))
+  g = jax.jit(jax.grad(loss(enc)))(v)
+  g_r = jax.jit(jax.grad(loss(enc_r)))(v)
+  for a, b in zip(jax.tree_util.tree_leaves(nn.unbox(g)), jax.tree_util.tree_leaves(nn.unbox(g_r))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 # ---------------------------------------------------------------- sizes / factory
 
 def _count(tree):
-    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(nn.unbox(tree)))
+  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(nn.unbox(tree)))
 
 
 def test_vit_huge_param_count():
-    enc, pred = make_models(ConfigDict(dict(name="vit_huge", patch_size=14)), 224, 3, jnp.float32)
-    shapes = jax.eval_shape(enc.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
-    # ViT-H/14 encoder: 630,434,560 params (the release also stores its fixed
-    # pos_embed [1, 256, 1280] as a non-trained parameter: +327,680).
-    assert _count(shapes) == 630_434_560
-    pshapes = jax.eval_shape(
-        pred.init, jax.random.key(0), jnp.zeros((1, 10, 1280)),
-        jnp.zeros((1, 10), jnp.int32), jnp.zeros((1, 4, 20), jnp.int32),
-    )
-    # predictor (width 384, depth 12, 16 heads, out 1280): 22,279,424 params
-    assert _count(pshapes) == 22_279_424
+  enc, pred = make_models(ConfigDict(dict(name="vit_huge", patch_size=14)), 224, 3, jnp.float32)
+  shapes = jax.eval_shape(enc.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
+  # ViT-H/14 encoder: 630,434,560 params (the release also stores its fixed
+  # pos_embed [1, 256, 1280] as a non-trained parameter: +327,680).
+  assert _count(shapes) == 630_434_560
+  pshapes = jax.eval_shape(
+    pred.init, jax.random.key(0), jnp.zeros((1, 10, 1280)),
+    jnp.zeros((1, 10), jnp.int32), jnp.zeros((1, 4, 20), jnp.int32),
+  )
+  # predictor (width 384, depth 12, 16 heads, out 1280): 22,279,424 params
+  assert _count(pshapes) == 22_279_424
 
 
 def test_vit_sizes_table():
-    assert VIT_SIZES["vit_huge"] == dict(width=1280, depth=32, num_heads=16, mlp_dim=5120)
-    assert VIT_SIZES["vit_giant"] == dict(width=1408, depth=40, num_heads=16, mlp_dim=6144)
-    assert VIT_SIZES["vit_tiny"]["num_heads"] == 3
+  assert VIT_SIZES["vit_huge"] == dict(width=1280, depth=32, num_heads=16, mlp_dim=5120)
+  assert VIT_SIZES["vit_giant"] == dict(width=1408, depth=40, num_heads=16, mlp_dim=6144)
+  assert VIT_SIZES["vit_tiny"]["num_heads"] == 3
 
 
 def test_make_models_overrides():
-    cfg = ConfigDict(dict(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4, mlp_dim=-1,
-                          predictor_width=16, predictor_depth=1, predictor_heads=-1, remat=True))
-    enc, pred = make_models(cfg, 16, 3, jnp.bfloat16)
-    assert (enc.width, enc.depth, enc.num_heads, enc.mlp_dim, enc.remat) == (32, 1, 4, 768, True)
-    assert enc.dtype == jnp.bfloat16 and enc.grid == 4
-    assert (pred.grid, pred.embed_width, pred.width, pred.depth, pred.num_heads) == (4, 32, 16, 1, 4)
+  cfg = ConfigDict(dict(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4, mlp_dim=-1,
+              predictor_width=16, predictor_depth=1, predictor_heads=-1, remat=True))
+  enc, pred = make_models(cfg, 16, 3, jnp.bfloat16)
+  assert (enc.width, enc.depth, enc.num_heads, enc.mlp_dim, enc.remat) == (32, 1, 4, 768, True)
+  assert enc.dtype == jnp.bfloat16 and enc.grid == 4
+  assert (pred.grid, pred.embed_width, pred.width, pred.depth, pred.num_heads) == (4, 32, 16, 1, 4)
 
 
 @pytest.mark.parametrize(
-    "overrides, match",
-    [
-        (dict(name="vit_enormous"), "vit_huge"),
-        (dict(width=100, num_heads=16), "num_heads"),
-        (dict(width=18, num_heads=3), "multiple of 4"),
-        (dict(predictor_width=100, predictor_heads=16), "predictor_heads"),
-        (dict(patch_size=15), "patch_size"),
-    ],
+  "overrides, match",
+  [
+    (dict(name="vit_enormous"), "vit_huge"),
+    (dict(width=100, num_heads=16), "num_heads"),
+    (dict(width=18, num_heads=3), "multiple of 4"),
+    (dict(predictor_width=100, predictor_heads=16), "predictor_heads"),
+    (dict(patch_size=15), "patch_size"),
+  ],
 )
 def test_make_models_errors(overrides, match):
-    cfg = dict(name="vit_small", patch_size=16)
-    cfg.update(overrides)
-    with pytest.raises(ValueError, match=match):
-        make_models(ConfigDict(cfg), 224, 3, jnp.float32)
+  cfg = dict(name="vit_small", patch_size=16)
+  cfg.update(overrides)
+  with pytest.raises(ValueError, match=match):
+    make_models(ConfigDict(cfg), 224, 3, jnp.float32)

@@ -11,16 +11,36 @@ from ijepa_jax import sharding
 from ijepa_jax.step import normalise
 
 
+LAYERS = ("last", "last4")
+POOLS = ("mean", "none")
+
+
+def tokens(encoder: nn.Module, params, x: jax.Array, layers: str = "last") -> jax.Array:
+  """Patch tokens of normalised images x: the final output [B, N, D], or (layers='last4') the last
+  4 blocks' outputs, each through the encoder's final LayerNorm, concatenated: [B, N, 4D]."""
+  if layers == "last":
+    return encoder.apply({"params": params}, x)
+  if layers != "last4":
+    raise ValueError(f"layers={layers!r} is not one of {LAYERS}")
+  _, inter = encoder.apply({"params": params}, x, mutable=["intermediates"])
+  depth = encoder.depth
+  outs = [inter["intermediates"][f"block_{i}"][0] for i in range(max(0, depth - 4), depth)]
+  norm = nn.LayerNorm(epsilon=1e-6, dtype=encoder.dtype)
+  return jnp.concatenate([norm.apply({"params": params["norm"]}, o) for o in outs], axis=-1)
+
+
 def extract(encoder: nn.Module, params, images: np.ndarray, mean, std, batch_size: int, mesh: Mesh,
-            pool: str = "mean") -> np.ndarray:
-  """images uint8 [N, S, S, C] -> float32 [N, D] (pool='mean') or [N, tokens, D] (pool='none')."""
+            pool: str = "mean", layers: str = "last") -> np.ndarray:
+  """images uint8 [N, S, S, C] -> float32 [N, D'] (pool='mean') or [N, tokens, D'] (pool='none')."""
+  if pool not in POOLS:
+    raise ValueError(f"pool={pool!r} is not one of {POOLS}")
   dp = sharding.data_parallel_size(mesh)
   batch_size = max(dp, batch_size // dp * dp)
 
   @jax.jit
   def forward(p, x):
-    tokens = encoder.apply({"params": p}, normalise(x, mean, std)).astype(jnp.float32)
-    return tokens.mean(axis=1) if pool == "mean" else tokens
+    t = tokens(encoder, p, normalise(x, mean, std), layers).astype(jnp.float32)
+    return t.mean(axis=1) if pool == "mean" else t
 
   out = []
   n = len(images)

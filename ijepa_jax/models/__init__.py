@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ijepa_jax.errors import ConfigError
 from ijepa_jax.models.predictor import Predictor
 from ijepa_jax.models.vit import VIT_SIZES, VisionTransformer, sincos_pos_embed_2d
 
@@ -11,83 +12,83 @@ __all__ = ["VisionTransformer", "Predictor", "VIT_SIZES", "sincos_pos_embed_2d",
 
 
 def _override(model_cfg, key: str, default: int) -> int:
-    value = model_cfg.get(key, -1)
-    if value is None or value == -1:
-        return int(default)
-    return int(value)
+  value = model_cfg.get(key, -1)
+  if value is None or value == -1:
+    return int(default)
+  return int(value)
 
 
 def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
-    """Build (encoder, predictor) from a `model` ConfigDict.
+  """Build (encoder, predictor) from a `model` ConfigDict.
 
-    Keys: name (VIT_SIZES key), patch_size, optional width / depth / num_heads /
-    mlp_dim overrides (-1 or missing = from VIT_SIZES), predictor_width (384),
-    predictor_depth (12), predictor_heads (-1 = encoder heads), remat (False).
-    The encoder is used for both the context and the target encoder.
-    """
-    name = model_cfg.get("name", None)
-    if name not in VIT_SIZES:
-        raise ValueError(
-            f"model.name={name!r} is not a known ViT size; valid names: {sorted(VIT_SIZES)}"
-        )
-    size = VIT_SIZES[name]
-    width = _override(model_cfg, "width", size["width"])
-    depth = _override(model_cfg, "depth", size["depth"])
-    num_heads = _override(model_cfg, "num_heads", size["num_heads"])
-    mlp_dim = _override(model_cfg, "mlp_dim", size["mlp_dim"])
-    patch_size = int(model_cfg.get("patch_size", 16))
-    remat = bool(model_cfg.get("remat", False))
-
-    if patch_size <= 0 or image_size % patch_size != 0:
-        raise ValueError(
-            f"model.patch_size={patch_size} must divide the image size {image_size}"
-        )
-    if num_heads <= 0 or width % num_heads != 0:
-        raise ValueError(
-            f"model.width={width} must be divisible by model.num_heads={num_heads}"
-        )
-    if width % 4 != 0:
-        raise ValueError(
-            f"model.width={width} must be a multiple of 4 (2-D sin-cos positional embedding)"
-        )
-
-    pred_width = _override(model_cfg, "predictor_width", 384)
-    pred_depth = _override(model_cfg, "predictor_depth", 12)
-    pred_heads = _override(model_cfg, "predictor_heads", num_heads)
-    if pred_heads <= 0 or pred_width % pred_heads != 0:
-        raise ValueError(
-            f"model.predictor_width={pred_width} must be divisible by "
-            f"model.predictor_heads={pred_heads}"
-        )
-    if pred_width % 4 != 0:
-        raise ValueError(
-            f"model.predictor_width={pred_width} must be a multiple of 4 "
-            "(2-D sin-cos positional embedding)"
-        )
-    if depth <= 0 or pred_depth <= 0:
-        raise ValueError(
-            f"model.depth={depth} and model.predictor_depth={pred_depth} must be positive"
-        )
-
-    encoder = VisionTransformer(
-        image_size=image_size,
-        patch_size=patch_size,
-        channels=channels,
-        width=width,
-        depth=depth,
-        num_heads=num_heads,
-        mlp_dim=mlp_dim,
-        dtype=dtype,
-        remat=remat,
+  Keys: name (VIT_SIZES key), patch_size, optional width / depth / num_heads /
+  mlp_dim overrides (-1 or missing = from VIT_SIZES), predictor_width (384),
+  predictor_depth (12), predictor_heads (-1 = encoder heads), remat (False).
+  The encoder is used for both the context and the target encoder.
+  """
+  name = model_cfg.get("name", None)
+  if name not in VIT_SIZES:
+    raise ConfigError(
+      f"model.name={name!r} is not a known ViT size; valid names: {sorted(VIT_SIZES)}"
     )
-    predictor = Predictor(
-        grid=image_size // patch_size,
-        embed_width=width,
-        width=pred_width,
-        depth=pred_depth,
-        num_heads=pred_heads,
-        mlp_dim=None,
-        dtype=dtype,
-        remat=remat,
+  size = VIT_SIZES[name]
+  width = _override(model_cfg, "width", size["width"])
+  depth = _override(model_cfg, "depth", size["depth"])
+  num_heads = _override(model_cfg, "num_heads", size["num_heads"])
+  mlp_dim = _override(model_cfg, "mlp_dim", size["mlp_dim"])
+  patch_size = int(model_cfg.get("patch_size", 16))
+  remat = bool(model_cfg.get("remat", False))
+
+  if patch_size <= 0 or image_size % patch_size != 0:
+    raise ConfigError(
+      f"model.patch_size={patch_size} must divide the image size {image_size}"
     )
-    return encoder, predictor
+  if num_heads <= 0 or width % num_heads != 0:
+    raise ConfigError(
+      f"model.width={width} must be divisible by model.num_heads={num_heads}"
+    )
+  if width % 4 != 0:
+    raise ConfigError(
+      f"model.width={width} must be a multiple of 4 (2-D sin-cos positional embedding)"
+    )
+
+  pred_width = _override(model_cfg, "predictor_width", 384)
+  pred_depth = _override(model_cfg, "predictor_depth", 12)
+  pred_heads = _override(model_cfg, "predictor_heads", num_heads)
+  if pred_heads <= 0 or pred_width % pred_heads != 0:
+    raise ConfigError(
+      f"model.predictor_width={pred_width} must be divisible by "
+      f"model.predictor_heads={pred_heads}"
+    )
+  if pred_width % 4 != 0:
+    raise ConfigError(
+      f"model.predictor_width={pred_width} must be a multiple of 4 "
+      "(2-D sin-cos positional embedding)"
+    )
+  if depth <= 0 or pred_depth <= 0:
+    raise ConfigError(
+      f"model.depth={depth} and model.predictor_depth={pred_depth} must be positive"
+    )
+
+  encoder = VisionTransformer(
+    image_size=image_size,
+    patch_size=patch_size,
+    channels=channels,
+    width=width,
+    depth=depth,
+    num_heads=num_heads,
+    mlp_dim=mlp_dim,
+    dtype=dtype,
+    remat=remat,
+  )
+  predictor = Predictor(
+    grid=image_size // patch_size,
+    embed_width=width,
+    width=pred_width,
+    depth=pred_depth,
+    num_heads=pred_heads,
+    mlp_dim=None,
+    dtype=dtype,
+    remat=remat,
+  )
+  return encoder, predictor

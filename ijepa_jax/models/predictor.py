@@ -7,64 +7,64 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from ijepa_jax.models.vit import (
-    INIT_STD,
-    Dtype,
-    block_class,
-    check_heads,
-    constrain,
-    dense,
-    layer_norm,
-    sincos_pos_embed_2d,
+  INIT_STD,
+  Dtype,
+  block_class,
+  check_heads,
+  constrain,
+  dense,
+  layer_norm,
+  sincos_pos_embed_2d,
 )
 
 
 class Predictor(nn.Module):
-    """Predicts target-encoder features at target positions from context tokens.
+  """Predicts target-encoder features at target positions from context tokens.
 
-    __call__(context [B, Kc, D], context_idx int32 [B, Kc], target_idx int32 [B, M, Kt])
-      -> [B, M, Kt, D]
-    Each of the M target blocks is its own sequence (context + its mask tokens),
-    so target blocks never attend to one another.
-    """
+  __call__(context [B, Kc, D], context_idx int32 [B, Kc], target_idx int32 [B, M, Kt])
+    -> [B, M, Kt, D]
+  Each of the M target blocks is its own sequence (context + its mask tokens),
+  so target blocks never attend to one another.
+  """
 
-    grid: int
-    embed_width: int
-    width: int = 384
-    depth: int = 12
-    num_heads: int = 16
-    mlp_dim: int | None = None
-    dtype: Dtype = jnp.float32
-    remat: bool = False
+  grid: int
+  embed_width: int
+  width: int = 384
+  depth: int = 12
+  num_heads: int = 16
+  mlp_dim: int | None = None
+  dtype: Dtype = jnp.float32
+  remat: bool = False
 
-    @nn.compact
-    def __call__(self, context: jax.Array, context_idx: jax.Array, target_idx: jax.Array) -> jax.Array:
-        check_heads(self.width, self.num_heads, "Predictor")
-        if target_idx.ndim != 3:
-            raise ValueError(f"Predictor: target_idx must be [B, M, Kt], got shape {target_idx.shape}")
-        b, kc, _ = context.shape
-        _, m, kt = target_idx.shape
-        mlp_dim = self.mlp_dim if self.mlp_dim is not None else 4 * self.width
-        pos = jnp.asarray(sincos_pos_embed_2d(self.width, self.grid, self.grid), dtype=self.dtype)
+  @nn.compact
+  def __call__(self, context: jax.Array, context_idx: jax.Array, target_idx: jax.Array) -> jax.Array:
+    check_heads(self.width, self.num_heads, "Predictor")
+    if target_idx.ndim != 3:
+      raise ValueError(f"Predictor: target_idx must be [B, M, Kt], got shape {target_idx.shape}")
+    b, kc, _ = context.shape
+    _, m, kt = target_idx.shape
+    mlp_dim = self.mlp_dim if self.mlp_dim is not None else 4 * self.width
+    pos = jnp.asarray(sincos_pos_embed_2d(self.width, self.grid, self.grid), dtype=self.dtype)
 
-        x = dense(self.width, ("embed_in", "embed"), ("embed",), self.dtype, "predictor_embed")(context)
-        x = x + pos[context_idx]  # [B, Kc, W]
+    x = dense(self.width, ("embed_in", "embed"), ("embed",), self.dtype, "predictor_embed")(context)
+    x = x + pos[context_idx]  # [B, Kc, W]
 
-        mask_token = self.param(
-            "mask_token",
-            nn.with_logical_partitioning(nn.initializers.normal(stddev=INIT_STD), (None, None, "embed")),
-            (1, 1, self.width),
-            jnp.float32,
-        )
-        tgt = mask_token.astype(self.dtype)[None] + pos[target_idx]  # [B, M, Kt, W]
-        ctx = jnp.broadcast_to(x[:, None], (b, m, kc, self.width))
-        x = jnp.concatenate([ctx, tgt.astype(ctx.dtype)], axis=2)  # [B, M, Kc+Kt, W]
-        x = x.reshape(b * m, kc + kt, self.width)
-        x = constrain(x)
+    mask_token = self.param(
+      "mask_token",
+      nn.with_logical_partitioning(nn.initializers.normal(stddev=INIT_STD), (None, None, "embed")),
+      (1, 1, self.width),
+      jnp.float32,
+    )
+    tgt = mask_token.astype(self.dtype)[None] + pos[target_idx]  # [B, M, Kt, W]
+    ctx = jnp.broadcast_to(x[:, None], (b, m, kc, self.width))
+    x = jnp.concatenate([ctx, tgt.astype(ctx.dtype)], axis=2)  # [B, M, Kc+Kt, W]
+    x = x.reshape(b * m, kc + kt, self.width)
+    x = constrain(x)
 
-        block_cls = block_class(self.remat)
-        for i in range(self.depth):
-            x = block_cls(self.width, self.num_heads, mlp_dim, self.dtype, name=f"blocks_{i}")(x)
-        x = layer_norm(self.dtype, "predictor_norm")(x)
-        x = x[:, kc:]
-        x = dense(self.embed_width, ("embed", "embed_out"), ("embed_out",), self.dtype, "predictor_proj")(x)
-        return x.reshape(b, m, kt, self.embed_width)
+    block_cls = block_class(self.remat)
+    for i in range(self.depth):
+      x = block_cls(self.width, self.num_heads, mlp_dim, self.dtype, name=f"blocks_{i}")(x)
+    x = layer_norm(self.dtype, "predictor_norm")(x)
+    x = x[:, kc:]
+    x = dense(self.embed_width, ("embed", "embed_out"), ("embed_out",), self.dtype, "predictor_proj")(x)
+    return x.reshape(b, m, kt, self.embed_width)

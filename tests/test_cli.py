@@ -1,0 +1,57 @@
+"""The CLI end to end on tiny real data, and its answers to bad input."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+TINY = ["--config.batch_size=16", "--config.total_steps=4", "--config.warmup_steps=1",
+        "--config.data.image_size=16", "--config.model.patch_size=2", "--config.model.width=32",
+        "--config.model.depth=1", "--config.model.num_heads=2", "--config.model.mlp_dim=64",
+        "--config.model.predictor_width=16", "--config.model.predictor_depth=1",
+        "--config.model.predictor_heads=2", "--config.mask.reference_batch=16",
+        "--config.log_every=2", "--config.checkpoint_every=2", "--config.probe.max_train=600",
+        "--config.probe.weight_decays=(0.0,0.01)"]
+
+
+def _main(*args, timeout=600):
+  return subprocess.run([sys.executable, "-m", "ijepa_jax.main", *args], capture_output=True, text=True,
+                        cwd=REPO, timeout=timeout)
+
+
+def test_demo_config_end_to_end(tmp_path):
+  proc = _main("--config=configs/fashion_mnist.py", f"--workdir={tmp_path}", *TINY)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "step 4/4" in proc.stdout and "test top-1" in proc.stdout
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [2, 4]
+  assert {"step", "loss", "lr", "wd", "momentum", "images_per_sec"} <= set(rows[0])
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  assert json.load(open(tmp_path / "config.json"))["model"]["patch_size"] == 2
+  result = json.load(open(tmp_path / "eval.json"))
+  assert 0.1 < result["linear_top1"] <= 1.0 and 0.1 < result["raw_pixels_top1"] <= 1.0
+
+
+def test_missing_imagenet_is_one_clear_line(tmp_path):
+  proc = _main("--config=configs/vit_h14.py", f"--workdir={tmp_path}",
+               f"--config.data.path={tmp_path}/no_imagenet_here")
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "--config.data.path" in errors[0] and "no_imagenet_here" in errors[0]
+  assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+  proc = _main("--config=configs/fashion_mnist.py", f"--workdir={tmp_path}", "--config.totl_steps=3")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert 'Did you mean "total_steps"' in proc.stderr
+  assert not os.path.exists(tmp_path / "metrics.jsonl")
+
+
+def test_image_size_not_divisible_by_patch(tmp_path):
+  proc = _main("--config=configs/fashion_mnist.py", f"--workdir={tmp_path}", "--config.data.image_size=30")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert "--config.data.image_size" in proc.stderr

@@ -1,0 +1,319 @@
+"""Tests of ijepa_jax.data: Fashion-MNIST IDX loading, crops, determinism, resume, sharding, image folders."""
+import io
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+import pytest
+from absl import flags
+from ml_collections import ConfigDict
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ijepa_jax import data  # pylint: disable=g-import-not-at-top
+from ijepa_jax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+
+FMNIST = data.DEFAULT_FASHION_MNIST_PATH
+
+
+def mask_fn(rng: np.random.Generator, batch_size: int) -> dict:
+  """A simple deterministic mask sampler (module level, so worker processes can unpickle it)."""
+  return {"context_idx": rng.integers(0, 16, (batch_size, 5)).astype(np.int32),
+          "target_idx": rng.integers(0, 16, (batch_size, 2, 3)).astype(np.int32)}
+
+
+def make_config(source="synthetic", **data_overrides) -> ConfigDict:
+  cfg = ConfigDict({
+      "seed": 7,
+      "batch_size": 8,
+      "data": {
+          "source": source, "path": FMNIST, "tfds_name": "", "tfds_data_dir": "",
+          "split": "train", "eval_split": "test", "image_size": 16, "channels": 1,
+          "crop_scale": (0.3, 1.0), "crop_ratio": (3 / 4, 4 / 3), "num_workers": 0,
+          "prefetch_buffer": 2, "synthetic_size": 48,
+      },
+  })
+  for k, v in data_overrides.items():
+    if k == "batch_size":
+      cfg.batch_size = v
+    else:
+      cfg.data[k] = v
+  return cfg
+
+
+def take(it, n):
+  return [{k: np.array(v) for k, v in next(it).items()} for _ in range(n)]
+
+
+def assert_same(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+# ------------------------------------------------------------------------------------ Fashion-MNIST
+def test_load_fashion_mnist():
+  for split, n in (("train", 60000), ("test", 10000)):
+    images, labels = data.load_fashion_mnist(FMNIST, split)
+    assert images.shape == (n, 28, 28, 1) and images.dtype == np.uint8
+    assert labels.shape == (n,) and labels.dtype == np.int32
+    assert labels.min() == 0 and labels.max() == 9
+    assert np.bincount(labels).min() > 0 and images.max() == 255
+
+
+def test_load_fashion_mnist_missing(tmp_path):
+  with pytest.raises(ConfigError) as e:
+    data.load_fashion_mnist(str(tmp_path), "train")
+  msg = str(e.value)
+  assert "\n" not in msg and str(tmp_path) in msg
+  assert "--config.data.path=" in msg and "apt-get install dataset-fashion-mnist" in msg
+
+
+def test_load_fashion_mnist_bad_magic(tmp_path):
+  import gzip
+  for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+    with gzip.open(tmp_path / name, "wb") as f:
+      f.write(b"\x00\x00\x08\x01" + b"\x00" * 64)
+  with pytest.raises(ConfigError, match="magic"):
+    data.load_fashion_mnist(str(tmp_path), "train")
+
+
+# ------------------------------------------------------------------------------------ crops
+@pytest.mark.parametrize("shape", [(28, 28, 1), (40, 30, 3), (1, 1, 3), (1, 50, 1)])
+def test_random_resized_crop(shape):
+  image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  a = data.random_resized_crop(image, np.random.default_rng(5), 16, (0.3, 1.0), (3 / 4, 4 / 3))
+  b = data.random_resized_crop(image, np.random.default_rng(5), 16, (0.3, 1.0), (3 / 4, 4 / 3))
+  assert a.shape == (16, 16, shape[2]) and a.dtype == np.uint8
+  np.testing.assert_array_equal(a, b)
+
+
+def test_vectorised_crop_matches_pillow():
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (32, 28, 24, 3), dtype=np.uint8)
+  boxes = data._sample_crop_boxes(rng, 32, 28, 24, (0.3, 1.0), (3 / 4, 4 / 3))
+  assert (boxes[:, 2] >= 1).all() and (boxes[:, 0] + boxes[:, 2] <= 28).all()
+  assert (boxes[:, 3] >= 1).all() and (boxes[:, 1] + boxes[:, 3] <= 24).all()
+  for size in (16, 40):
+    fast = data._resize_boxes(images, boxes.astype(np.float64), size)
+    ref = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR, box=(l, t, l + w, t + h)))
+                    for im, (t, l, h, w) in zip(images, boxes.tolist())])
+    assert np.abs(fast.astype(int) - ref).max() <= 1  # Pillow rounds to 8 bits between its two passes
+
+
+def test_center_resize():
+  image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(data.center_resize(image, 16), image)
+  assert data.center_resize(image[:, :10], 8).shape == (8, 8, 3)
+  assert data.center_resize(image[..., :1], 24).shape == (24, 24, 1)
+
+
+# ------------------------------------------------------------------------------------ pipeline
+def test_pipeline_deterministic_fashion_mnist():
+  cfg = make_config("fashion_mnist", image_size=16, batch_size=16)
+  a = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 3)
+  b = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 3)
+  assert_same(a, b)
+  assert a[0]["images"].shape == (16, 16, 16, 1) and a[0]["images"].dtype == np.uint8
+  assert a[0]["skipped"].shape == (16,) and a[0]["skipped"].sum() == 0
+  assert a[0]["context_idx"].shape == (16, 5) and a[0]["target_idx"].shape == (16, 2, 3)
+  assert "label" not in a[0] and "labels" not in a[0]
+  assert not np.array_equal(a[0]["images"], a[1]["images"])
+  assert not np.array_equal(a[0]["context_idx"], a[1]["context_idx"])
+  cfg.seed = 8
+  c = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 1)
+  assert not np.array_equal(a[0]["images"], c[0]["images"])
+
+
+def test_pipeline_channels_and_epochs():
+  cfg = make_config("synthetic", channels=3, synthetic_size=16, batch_size=8, crop_scale=(1.0, 1.0),
+                    crop_ratio=(1.0, 1.0))
+  batches = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 6)  # 3 epochs of 16
+  assert batches[0]["images"].shape == (8, 16, 16, 3)
+  epochs = [np.concatenate([batches[2 * e]["images"], batches[2 * e + 1]["images"]]) for e in range(3)]
+  keys = [[im.tobytes() for im in ep] for ep in epochs]
+  assert all(len(set(k)) == 16 for k in keys)  # full-image crops: each epoch is a permutation
+  assert set(keys[0]) == set(keys[1]) == set(keys[2])
+  assert keys[0] != keys[1]  # a new permutation every epoch
+
+
+def _check_resume(cfg):
+  ds = data.make_pretrain_dataset(cfg, mask_fn)
+  it = iter(ds)
+  take(it, 3)
+  state = json.loads(json.dumps(it.get_state()))  # must survive JSON (orbax JsonSave)
+  expected = take(it, 3)
+  it2 = iter(data.make_pretrain_dataset(cfg, mask_fn))
+  take(it2, 1)  # restoring also works on a used iterator
+  it2.set_state(state)
+  got = take(it2, 3)
+  for i in (it, it2):
+    if hasattr(i, "close"):
+      i.close()
+  assert_same(expected, got)
+  return expected
+
+
+def test_resume_no_workers():
+  _check_resume(make_config("synthetic"))
+
+
+def test_resume_and_determinism_with_workers():
+  flags.FLAGS.mark_as_parsed()
+  cfg = make_config("synthetic", num_workers=2)
+  expected = _check_resume(cfg)
+  # Same batches as without worker processes (batches 3..5 of the sequence).
+  reference = take(iter(data.make_pretrain_dataset(make_config("synthetic"), mask_fn)), 6)[3:]
+  assert_same(reference, expected)
+
+
+def test_processes_disjoint():
+  n = 64
+  cfg = make_config("synthetic", synthetic_size=n, batch_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+  seen = []
+  for p in range(2):
+    batches = take(iter(data.make_pretrain_dataset(cfg, mask_fn, process_index=p, process_count=2)),
+                   n // 2 // 4)  # one epoch: 32 examples per process in batches of 4
+    assert batches[0]["images"].shape == (4, 16, 16, 1)
+    seen.append({im.tobytes() for b in batches for im in b["images"]})
+  assert len(seen[0]) == len(seen[1]) == n // 2
+  assert not seen[0] & seen[1]
+  source = data.make_source(cfg, "train")
+  assert seen[0] | seen[1] == {source[i]["image"].tobytes() for i in range(n)}
+
+
+def test_config_errors(tmp_path):
+  with pytest.raises(ConfigError, match="batch_size"):
+    data.make_pretrain_dataset(make_config(batch_size=9), mask_fn, 0, 2)
+  with pytest.raises(ConfigError, match="fashion_mnist"):
+    data.make_source(make_config("nope"), "train")
+  with pytest.raises(ConfigError, match="--config.data.tfds_name"):
+    data.make_source(make_config("tfds", tfds_name="no_such_dataset_xyz", tfds_data_dir=str(tmp_path)), "train")
+
+
+def test_load_eval_arrays_fashion_mnist():
+  images, labels = data.load_eval_arrays(make_config("fashion_mnist", image_size=28), "test")
+  ref_images, ref_labels = data.load_fashion_mnist(FMNIST, "test")
+  np.testing.assert_array_equal(images, ref_images)
+  np.testing.assert_array_equal(labels, ref_labels)
+  images, labels = data.load_eval_arrays(make_config("fashion_mnist", image_size=16, channels=3), "test", 100)
+  assert images.shape == (100, 16, 16, 3) and images.dtype == np.uint8 and labels.shape == (100,)
+  assert len(np.unique(labels)) == 10
+
+
+# ------------------------------------------------------------------------------------ image folders
+def _jpeg_bytes(img: Image.Image) -> bytes:
+  buf = io.BytesIO()
+  img.save(buf, "JPEG")
+  return buf.getvalue()
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+  rng = np.random.default_rng(0)
+  root = tmp_path / "imagenet"
+  a, b, empty = root / "train" / "a", root / "train" / "b", root / "train" / "c_empty"
+  for d in (a, b, empty):
+    d.mkdir(parents=True)
+  rgb = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8), "RGB")
+  Image.new("CMYK", (24, 18), (10, 200, 30, 5)).save(a / "cmyk.jpg")
+  (a / "good.JPEG").write_bytes(_jpeg_bytes(rgb))
+  Image.fromarray(rng.integers(0, 256, (17, 13), dtype=np.uint8), "L").save(a / "gray.png")
+  Image.fromarray(rng.integers(0, 256, (12, 12, 4), dtype=np.uint8), "RGBA").save(a / "rgba.png")
+  (b / "corrupt.jpg").write_bytes(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+  Image.fromarray((rng.integers(0, 65536, (9, 11))).astype(np.uint16)).save(b / "deep16.png")
+  pal = Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).convert("P")
+  pal.info["transparency"] = 0
+  pal.save(b / "pal.png", transparency=0)
+  Image.new("RGB", (1, 1), (255, 0, 0)).save(b / "tiny.png")
+  big = _jpeg_bytes(Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
+  (b / "trunc.jpg").write_bytes(big[:len(big) // 2])
+  (b / "notes.txt").write_text("not an image")
+  return root
+
+
+def test_image_folder_source(image_tree, caplog):
+  caplog.set_level(logging.WARNING)
+  for channels in (3, 1):
+    source = data.make_source(make_config("image_folder", path=str(image_tree), channels=channels), "train")
+    assert len(source) == 9 and source.classes == ["a", "b", "c_empty"]
+    records = [source[i] for i in range(len(source))]
+    for r in records:
+      assert r["image"].dtype == np.uint8 and r["image"].ndim == 3 and r["image"].shape[-1] == channels
+    assert [int(r["skipped"]) for r in records] == [0, 0, 0, 0, 1, 0, 0, 0, 1]
+    assert [int(r["label"]) for r in records] == [0, 0, 0, 0, 1, 1, 1, 1, 0]  # bad files -> next file
+  messages = " ".join(r.getMessage() for r in caplog.records)
+  assert "corrupt.jpg" in messages and "trunc.jpg" in messages and "c_empty" in messages
+
+
+def test_image_folder_pipeline(image_tree, caplog):
+  caplog.set_level(logging.WARNING)
+  cfg = make_config("image_folder", path=str(image_tree), channels=3, batch_size=9, eval_split="train")
+  batches = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 2)
+  assert batches[0]["images"].shape == (9, 16, 16, 3) and batches[0]["images"].dtype == np.uint8
+  assert batches[0]["skipped"].sum() == 2  # the first batch is exactly the first epoch
+  assert_same(batches, take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 2))
+  assert "corrupt.jpg" in " ".join(r.getMessage() for r in caplog.records)
+  images, labels = data.load_eval_arrays(cfg, "train")
+  assert images.shape == (9, 16, 16, 3) and labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0]
+  images, labels = data.load_eval_arrays(cfg, "train", max_examples=3)
+  assert images.shape == (3, 16, 16, 3)
+
+
+def test_image_folder_missing(tmp_path, image_tree):
+  for path, split in ((tmp_path / "nowhere", "train"), (image_tree, "val")):
+    with pytest.raises(ConfigError) as e:
+      data.make_source(make_config("image_folder", path=str(path)), split)
+    assert "--config.data.path=" in str(e.value) and str(path) in str(e.value)
+  (tmp_path / "noimg" / "train" / "x").mkdir(parents=True)
+  with pytest.raises(ConfigError, match="--config.data.path="):
+    data.make_source(make_config("image_folder", path=str(tmp_path / "noimg")), "train")
+
+
+# ------------------------------------------------------------------------------------ TFDS (faked)
+class _FakeTfdsSource:
+  """Stands in for tfds.data_source's ArrayRecordDataSource (preparing a real one needs TensorFlow)."""
+
+  class dataset_info:  # pylint: disable=invalid-name
+    features = {"image": None, "label": None}
+
+  def __init__(self, n):
+    rng = np.random.default_rng(n)
+    self.records = [{"image": rng.integers(0, 256, (10 + i, 14, 1), dtype=np.uint8), "label": np.int64(i % 3)}
+                    for i in range(n)]
+
+  def __len__(self):
+    return len(self.records)
+
+  def __getitem__(self, i):
+    return self.records[i]
+
+
+def test_tfds_source(monkeypatch):
+  import pickle
+  import tensorflow_datasets as tfds
+  opened = []
+
+  def fake_data_source(name, split, data_dir=None, download=True):
+    assert not download  # never download / prepare from the training process
+    opened.append((name, split, data_dir))
+    return _FakeTfdsSource({"train": 10, "test": 6}[split])
+
+  monkeypatch.setattr(tfds, "data_source", fake_data_source)
+  cfg = make_config("tfds", tfds_name="fake", tfds_data_dir="/data/tfds", channels=3, batch_size=5)
+  source = data.make_source(cfg, "train")
+  assert len(source) == 10 and opened[-1] == ("fake", "train", "/data/tfds")
+  record = source[4]
+  assert record["image"].shape == (14, 14, 3) and record["label"] == 1 and record["skipped"] == 0
+  clone = pickle.loads(pickle.dumps(source))  # what worker processes get: reopened lazily
+  np.testing.assert_array_equal(clone[4]["image"], record["image"])
+  batches = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 2)
+  assert batches[0]["images"].shape == (5, 16, 16, 3)
+  images, labels = data.load_eval_arrays(cfg, "test")
+  assert images.shape == (6, 16, 16, 3) and labels.tolist() == [0, 1, 2, 0, 1, 2]
+  assert "tensorflow" not in sys.modules

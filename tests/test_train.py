@@ -1,0 +1,106 @@
+"""The training loop on tiny configs: one compile, loss goes down, mesh invariance, exact resume."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_config
+from ijepa_jax import train
+from ijepa_jax.errors import ConfigError
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_one_compile_over_twenty_steps_and_loss_decreases(tmp_path):
+  out = train.train_and_evaluate(tiny_config(total_steps=20), str(tmp_path))
+  assert out["compiles"] == 1          # 20 batches, 20 different mask sets, one program
+  rows = _rows(tmp_path)
+  assert [r["step"] for r in rows] == list(range(1, 21))
+  for key in ("loss", "lr", "wd", "momentum", "images_per_sec"):
+    assert all(np.isfinite(r[key]) for r in rows), key
+  losses = [r["loss"] for r in rows]
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+  assert rows[0]["momentum"] == pytest.approx(0.996) and rows[-1]["momentum"] > rows[0]["momentum"]
+
+
+def test_resume_continues_with_exactly_the_next_batches(tmp_path):
+  full, split = tmp_path / "full", tmp_path / "split"
+  train.train_and_evaluate(tiny_config(), str(full))
+  train.train_and_evaluate(tiny_config(run_steps=6), str(split))      # stops at 6, checkpointed
+  assert [r["step"] for r in _rows(split)] == list(range(1, 7))
+  out = train.train_and_evaluate(tiny_config(), str(split))          # same command: resumes
+  a, b = _rows(full), _rows(split)
+  assert [r["step"] for r in b] == list(range(1, 13))
+  assert [r["loss"] for r in a] == [r["loss"] for r in b]             # bit-identical losses
+  final = train.train_and_evaluate(tiny_config(), str(full))["state"]  # restored, nothing to train
+  jax.tree.map(np.testing.assert_array_equal, final.params, out["state"].params)
+  jax.tree.map(np.testing.assert_array_equal, final.target, out["state"].target)
+
+
+MESH_SCRIPT = textwrap.dedent("""
+    import sys, json, jax, numpy as np
+    jax.config.update("jax_num_cpu_devices", 8)
+    sys.path.insert(0, {tests!r})
+    from conftest import tiny_config
+    from ijepa_jax import train, sharding
+    from ijepa_jax.masks import MultiBlockSampler
+    from ijepa_jax import data
+    results = {{}}
+    for data_axis, fsdp in [(1, 1), (8, 1), (4, 2), (2, 4), (1, 8)]:
+      c = tiny_config(batch_size=16)
+      c.mesh.data, c.mesh.fsdp = data_axis, fsdp
+      devices = jax.devices()[: data_axis * fsdp]
+      mesh = sharding.make_mesh(c.mesh, devices)
+      sampler = MultiBlockSampler.from_config(c.mask, c.data.image_size // c.model.patch_size)
+      _, _, init, step = train.build(c, mesh, sampler, 12, 3)
+      state = init()
+      it = iter(data.make_pretrain_dataset(c, sampler))
+      losses = []
+      for _ in range(2):
+        b = next(it); b.pop("skipped")
+        state, m = train.run_step(step, mesh, c, state, sharding.global_batch(b, mesh))
+        losses.append(float(m["loss"]))
+      leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
+      results[f"{{data_axis}}x{{fsdp}}"] = dict(losses=losses, params=np.concatenate(leaves).tolist()[:5000])
+    from ijepa_jax.errors import ConfigError
+    c = tiny_config(batch_size=12)       # 12 images cannot be split over 8 data-parallel devices
+    try:
+      train.train_and_evaluate(c, {workdir!r})
+      results["batch_error"] = ""
+    except ConfigError as e:
+      results["batch_error"] = str(e)
+    print("RESULT" + json.dumps(results))
+""")
+
+
+def test_same_loss_and_params_on_1_and_8_devices(tmp_path):
+  script = MESH_SCRIPT.format(tests=os.path.join(REPO, "tests"), workdir=str(tmp_path))
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert "not divisible by the data-parallel size 8" in results.pop("batch_error")
+  ref = results.pop("1x1")
+  for name, r in results.items():
+    np.testing.assert_allclose(r["losses"], ref["losses"], rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(r["params"], ref["params"], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_config_errors_before_compiling(tmp_path):
+  with pytest.raises(ConfigError, match="patch_size"):
+    train.train_and_evaluate(tiny_config(**{"data.image_size": 15}), str(tmp_path / "a"))
+  with pytest.raises(ConfigError, match="mesh"):
+    c = tiny_config()
+    c.mesh.data = 3
+    train.train_and_evaluate(c, str(tmp_path / "b"))
+  with pytest.raises(ConfigError, match="loss"):
+    train.train_and_evaluate(tiny_config(loss="l1"), str(tmp_path / "c"))
+  with pytest.raises(ConfigError, match="min_keep"):
+    train.train_and_evaluate(tiny_config(**{"mask.min_keep": 10}), str(tmp_path / "d"))
