@@ -1,0 +1,39 @@
+"""Input pipelines: Fashion-MNIST (IDX files), ImageNet-style image folders, TFDS array_record, synthetic.
+
+  sources.py     random-access sources (`make_source`) and the config.data accessors
+  transforms.py  random resized crop / center resize, per example (Pillow) and batched (numpy)
+  pipeline.py    the grain pretraining pipeline (`make_pretrain_dataset`) and `load_eval_arrays`
+
+Pretraining (`make_pretrain_dataset`) is a grain pipeline
+
+  source -> seed(config.seed) -> shuffle (new permutation each epoch) -> repeat forever
+         -> [process_index::process_count] -> random resized crop -> batch -> masks -> to_iter_dataset
+         (-> mp_prefetch when data.num_workers > 0)
+
+Every random draw comes from grain's `random_map` generators, which are seeded from (seed, position of
+the transform, element index), so a config always yields the same batches, whatever the number of worker
+processes, and the iterator's state (`get_state()`, a small JSON-able dict) restores the exact position.
+
+In-memory sources of equal-size images (Fashion-MNIST, synthetic) skip the per-example stage: the
+pipeline batches example *indices* and a single vectorised step gathers, crops and resizes the whole
+batch (separable bilinear weight matrices, the same filter as Pillow's BILINEAR resize). File-backed
+sources (image folders, TFDS) decode and crop per example (Pillow), batched afterwards.
+
+Batches are numpy dicts: {'images': uint8 [b, S, S, C], 'skipped': int32 [b] (undecodable files replaced
+to produce each example; sum it for the total), **mask_fn(rng, b)} with b = batch_size // process_count.
+No TensorFlow is imported (TFDS is only used through `tfds.data_source`, which decodes with Pillow).
+"""
+from ijepa_jax.data.pipeline import MaskFn, load_eval_arrays, make_pretrain_dataset
+from ijepa_jax.data.sources import (DEFAULT_FASHION_MNIST_PATH, IMAGE_EXTENSIONS, SOURCES, ArraySource,
+                                    FashionMnistSource, ImageFolder, SyntheticSource, TfdsSource, load_fashion_mnist,
+                                    make_source)
+from ijepa_jax.data.transforms import center_resize, random_resized_crop
+# Private helpers that tests/test_data.py reaches as data._name (compared against the per-example crops).
+from ijepa_jax.data.transforms import _resize_boxes, _sample_crop_boxes  # pylint: disable=unused-import
+
+__all__ = [
+    "SOURCES", "IMAGE_EXTENSIONS", "DEFAULT_FASHION_MNIST_PATH", "MaskFn",
+    "ArraySource", "FashionMnistSource", "SyntheticSource", "ImageFolder", "TfdsSource",
+    "load_fashion_mnist", "make_source", "random_resized_crop", "center_resize",
+    "make_pretrain_dataset", "load_eval_arrays",
+]

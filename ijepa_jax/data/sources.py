@@ -1,0 +1,351 @@
+"""Random-access data sources: Fashion-MNIST (gzipped IDX files), synthetic arrays, ImageNet-style image
+folders and TFDS array_record datasets, `make_source` (config.data.source -> source), the config.data
+accessors and the image-mode conversions the sources need.
+
+Each source has `len()` and `source[i] -> {'image': uint8 [h, w, c], 'label': int32, 'skipped': int32}`.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ijepa_jax.data.transforms import _as_array
+from ijepa_jax.errors import ConfigError
+
+_log = logging.getLogger(__name__)
+
+SOURCES = ("fashion_mnist", "image_folder", "tfds", "synthetic")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+DEFAULT_FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
+_FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+_IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned byte, 3 dimensions
+_IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
+
+
+# ---------------------------------------------------------------------------------------------- config
+def _data_get(config, name: str, default=None):
+  data = config.data
+  try:
+    value = data.get(name, default)
+  except AttributeError:  # a plain object
+    value = getattr(data, name, default)
+  return default if value is None else value
+
+
+def _channels(config) -> int:
+  c = int(_data_get(config, "channels", 3))
+  if c not in (1, 3):
+    raise ConfigError(f"data.channels={c} is not supported: set --config.data.channels=1 or 3.")
+  return c
+
+
+def _image_size(config) -> int:
+  s = int(_data_get(config, "image_size", 224))
+  if s <= 0:
+    raise ConfigError(f"data.image_size={s} must be positive: set --config.data.image_size=224 (for example).")
+  return s
+
+
+def _pair(config, name: str, default: tuple[float, float]) -> tuple[float, float]:
+  value = tuple(float(v) for v in _data_get(config, name, default))
+  if len(value) != 2 or not (0 < value[0] <= value[1]):
+    raise ConfigError(f"data.{name}={value} must be two numbers 0 < lo <= hi: set --config.data.{name}=...")
+  return value
+
+
+# ---------------------------------------------------------------------------------------------- Fashion-MNIST
+def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise ConfigError(
+        f"Fashion-MNIST file {path} not found: install it with `apt-get install dataset-fashion-mnist` "
+        f"or point --config.data.path=... at the folder holding the gzipped IDX files.")
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  if len(raw) < 4 + 4 * ndim:
+    raise ConfigError(f"{path} is not an IDX file (too short): reinstall dataset-fashion-mnist or fix --config.data.path.")
+  got_magic = struct.unpack(">i", raw[:4])[0]
+  if got_magic != magic:
+    raise ConfigError(f"{path} has IDX magic number {got_magic}, expected {magic}: it is not the right file; "
+                      f"fix --config.data.path or reinstall dataset-fashion-mnist.")
+  dims = struct.unpack(">" + "i" * ndim, raw[4:4 + 4 * ndim])
+  offset = 4 + 4 * ndim
+  count = int(np.prod(dims))
+  if len(raw) - offset != count:
+    raise ConfigError(f"{path} holds {len(raw) - offset} data bytes, its header says {count}: the file is "
+                      f"truncated; reinstall dataset-fashion-mnist or fix --config.data.path.")
+  return np.frombuffer(raw, dtype=np.uint8, count=count, offset=offset).reshape(dims)
+
+
+def load_fashion_mnist(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Returns (images uint8 [N, 28, 28, 1], labels int32 [N]) of split 'train' (60000) or 'test' (10000)."""
+  if split not in _FASHION_FILES:
+    raise ConfigError(f"Fashion-MNIST has splits {tuple(_FASHION_FILES)}, not {split!r}: "
+                      f"set --config.data.split=train / --config.data.eval_split=test.")
+  image_file, label_file = (os.path.join(path, f) for f in _FASHION_FILES[split])
+  images = _read_idx(image_file, _IDX_IMAGES_MAGIC, 3)
+  labels = _read_idx(label_file, _IDX_LABELS_MAGIC, 1)
+  if images.shape[0] != labels.shape[0]:
+    raise ConfigError(f"{image_file} has {images.shape[0]} images but {label_file} has {labels.shape[0]} labels: "
+                      f"reinstall dataset-fashion-mnist or fix --config.data.path.")
+  return np.ascontiguousarray(images[..., None]), labels.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------------------------- image modes
+def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+  """uint8 [..., c] -> [..., channels] (c in {1, 3, 4}); RGB -> L with ITU-R 601-2 luma (as Pillow)."""
+  c = images.shape[-1]
+  if c == channels:
+    return images
+  if c == 4:
+    images, c = images[..., :3], 3
+    if channels == 3:
+      return images
+  if c == 1 and channels == 3:
+    return np.repeat(images, 3, axis=-1)
+  if c == 3 and channels == 1:
+    luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.floor(luma + 0.5), 0, 255).astype(np.uint8)[..., None]
+  raise ValueError(f"cannot convert {c} channels to {channels}")
+
+
+def _pil_mode(channels: int) -> str:
+  return "L" if channels == 1 else "RGB"
+
+
+def _pil_convert(img: Image.Image, mode: str) -> Image.Image:
+  """Any Pillow mode (1, L, LA, P, RGB, RGBA, CMYK, YCbCr, I, I;16*, F, ...) -> mode 'L' or 'RGB', loaded."""
+  if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+      arr8 = (arr.astype(np.uint32) + 128) // 257  # 16-bit -> 8-bit, rounded
+    else:
+      arr = arr.astype(np.float64)
+      arr8 = arr / 257.0 if arr.size and arr.max() > 255 else arr  # 32-bit modes holding 16-bit data
+      arr8 = np.floor(arr8 + 0.5)
+    img = Image.fromarray(np.clip(arr8, 0, 255).astype(np.uint8), "L")
+  elif img.mode == "P" and "transparency" in img.info:
+    img = img.convert("RGBA")
+  if img.mode != mode:
+    img = img.convert(mode)
+  else:
+    img.load()
+  return img
+
+
+# ---------------------------------------------------------------------------------------------- sources
+class ArraySource:
+  """Random-access source over in-memory arrays images uint8 [N, h, w, c], labels int32 [N]."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    if images.ndim != 4 or images.dtype != np.uint8 or labels.shape != images.shape[:1]:
+      raise ValueError(f"bad arrays: images {images.shape} {images.dtype}, labels {labels.shape}")
+    self.images = images
+    self.labels = labels.astype(np.int32)
+    self._zero = np.int32(0)
+
+  def __len__(self) -> int:
+    return self.images.shape[0]
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    index = int(index) % len(self)
+    return {"image": self.images[index], "label": self.labels[index], "skipped": self._zero}
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}(n={len(self)}, shape={self.images.shape[1:]})"
+
+
+class FashionMnistSource(ArraySource):
+  """Fashion-MNIST split as a random-access source (images [28, 28, 1])."""
+
+  def __init__(self, path: str, split: str):
+    super().__init__(*load_fashion_mnist(path, split))
+
+
+class SyntheticSource(ArraySource):
+  """Deterministic random uint8 images and labels in [0, 10): for unit tests only."""
+
+  def __init__(self, size: int, image_size: int, channels: int, seed: int = 0):
+    if size <= 0:
+      raise ConfigError(f"data.synthetic_size={size} must be positive: set --config.data.synthetic_size=256.")
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (size, image_size, image_size, channels), dtype=np.uint8)
+    super().__init__(images, rng.integers(0, 10, size).astype(np.int32))
+
+
+_IMAGE_FOLDER_HINT = ("--config.data.path=/path/to/imagenet whose train/ and val/ folders hold one folder of "
+                      "JPEG/PNG files per class")
+
+
+class ImageFolder:
+  """ROOT/SPLIT/CLASS/**/image files (ImageNet layout) as a random-access source, decoded with Pillow.
+
+  Classes (sorted folder names) are label ids; files are sorted, so the order is deterministic. An
+  undecodable file is replaced by the next decodable one (index+1, +2, ... modulo len), and the record's
+  'skipped' counts the files passed over; each bad file is logged once (per process).
+  """
+
+  def __init__(self, root: str, split: str, channels: int = 3):
+    self.root = root
+    self.split = split
+    self.directory = os.path.join(root, split)
+    self.channels = channels
+    self.mode = _pil_mode(channels)
+    if not os.path.isdir(self.directory):
+      raise ConfigError(f"image folder {self.directory} not found: set {_IMAGE_FOLDER_HINT}.")
+    classes = sorted(e.name for e in os.scandir(self.directory) if e.is_dir())
+    if not classes:
+      raise ConfigError(f"{self.directory} has no class sub-folders: set {_IMAGE_FOLDER_HINT}.")
+    names: list[bytes] = []
+    labels: list[int] = []
+    empty = []
+    for label, cls in enumerate(classes):
+      found = []
+      cls_dir = os.path.join(self.directory, cls)
+      for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=True):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, self.directory)
+        found.extend(os.path.join(rel, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not found:
+        empty.append(cls)
+      found.sort()
+      names.extend(os.fsencode(f) for f in found)
+      labels.extend([label] * len(found))
+    if empty:
+      _log.warning("%d empty class folder(s) in %s (kept as label ids): %s", len(empty), self.directory,
+                   ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
+    if not names:
+      raise ConfigError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.directory}/CLASS/: "
+                        f"set {_IMAGE_FOLDER_HINT}.")
+    self.classes = classes
+    # Compact, cheaply pickled file list (it travels to every worker process): one byte blob + offsets.
+    self._blob = b"".join(names)
+    self._offsets = np.cumsum([0] + [len(n) for n in names]).astype(np.int64)
+    self.labels = np.asarray(labels, np.int32)
+    self._bad: set[int] = set()
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def path(self, index: int) -> str:
+    rel = os.fsdecode(self._blob[self._offsets[index]:self._offsets[index + 1]])
+    return os.path.join(self.directory, rel)
+
+  def _decode(self, index: int, draft_size: int | None) -> np.ndarray | None:
+    path = self.path(index)
+    try:
+      with Image.open(path) as img:
+        if draft_size is not None and img.format == "JPEG":
+          img.draft(self.mode, (draft_size, draft_size))  # DCT-domain downscale, never below draft_size
+        arr = _as_array(_pil_convert(img, self.mode))
+      if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError("empty image")
+      return arr
+    except Exception as e:  # pylint: disable=broad-except
+      self._bad.add(index)
+      _log.warning("skipping undecodable image %s: %s: %s", path, type(e).__name__, e)
+      return None
+
+  def load(self, index: int, draft_size: int | None = None) -> tuple[np.ndarray, int, int]:
+    """(image uint8 [h, w, channels], label, skipped) for `index`, replacing undecodable files."""
+    n = len(self)
+    index = int(index) % n
+    for k in range(n):
+      j = (index + k) % n
+      if j in self._bad:
+        continue
+      arr = self._decode(j, draft_size)
+      if arr is not None:
+        return arr, int(self.labels[j]), k
+    raise ConfigError(f"no image under {self.directory} could be decoded: set {_IMAGE_FOLDER_HINT}.")
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    arr, label, skipped = self.load(index)
+    return {"image": arr, "label": np.int32(label), "skipped": np.int32(skipped)}
+
+  def __repr__(self) -> str:
+    return f"ImageFolder({self.directory!r}, n={len(self)}, classes={len(self.classes)})"
+
+
+class TfdsSource:
+  """A prepared TFDS dataset (array_record format) through `tfds.data_source`; decodes with Pillow."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None, channels: int = 3):
+    self.name, self.split, self.data_dir, self.channels = name, split, data_dir or None, channels
+    self._ds = None
+    ds = self._open()
+    self._len = len(ds)
+    if self._len == 0:
+      raise ConfigError(f"TFDS dataset {name!r} split {split!r} is empty: set --config.data.tfds_name / "
+                        f"--config.data.split / --config.data.eval_split.")
+
+  def _open(self):
+    if self._ds is None:
+      try:
+        import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+        # download=False: never try to download/prepare here (that needs TensorFlow and network access).
+        self._ds = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir, download=False)
+      except Exception as e:  # pylint: disable=broad-except
+        msg = " ".join(str(e).split("Available datasets")[0].split())[:300]
+        raise ConfigError(
+            f"cannot open TFDS dataset {self.name!r} split {self.split!r} (data_dir={self.data_dir}): "
+            f"{type(e).__name__}: {msg} -- prepare it in array_record format and set --config.data.tfds_name "
+            f"and --config.data.tfds_data_dir.") from None
+      features = getattr(getattr(self._ds, "dataset_info", None), "features", None)
+      if features is not None and "image" not in features:
+        raise ConfigError(f"TFDS dataset {self.name!r} has no 'image' feature (it has {list(features)}): "
+                          f"set --config.data.tfds_name to an image dataset.")
+    return self._ds
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state["_ds"] = None  # reopened lazily in each worker process
+    return state
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = self._open()[int(index) % self._len]
+    image = np.asarray(record["image"], np.uint8)
+    if image.ndim == 2:
+      image = image[..., None]
+    label = record.get("label", -1) if isinstance(record, dict) else -1
+    return {"image": _to_channels(image, self.channels), "label": np.int32(label), "skipped": np.int32(0)}
+
+  def __repr__(self) -> str:
+    return f"TfdsSource({self.name!r}, split={self.split!r}, n={self._len})"
+
+
+def make_source(config, split: str):
+  """The random-access source of `split` for config.data.source."""
+  source = str(_data_get(config, "source", ""))
+  channels = _channels(config)
+  if source == "fashion_mnist":
+    return FashionMnistSource(str(_data_get(config, "path", DEFAULT_FASHION_MNIST_PATH)), split)
+  if source == "image_folder":
+    path = _data_get(config, "path", "")
+    if not path:
+      raise ConfigError(f"data.path is empty: set {_IMAGE_FOLDER_HINT}.")
+    return ImageFolder(str(path), split, channels)
+  if source == "tfds":
+    name = _data_get(config, "tfds_name", "")
+    if not name:
+      raise ConfigError("data.tfds_name is empty: set --config.data.tfds_name=imagenet2012 (for example) "
+                        "and --config.data.tfds_data_dir=...")
+    return TfdsSource(str(name), split, _data_get(config, "tfds_data_dir", None), channels)
+  if source == "synthetic":
+    return SyntheticSource(int(_data_get(config, "synthetic_size", 256)), _image_size(config), channels,
+                           seed=int(getattr(config, "seed", 0)) + (0 if split == _data_get(config, "split", "train")
+                                                                    else 1))
+  raise ConfigError(f"data.source={source!r} is not one of {SOURCES}: set --config.data.source=fashion_mnist "
+                    f"(or image_folder, tfds, synthetic).")

@@ -1,0 +1,141 @@
+"""Image transforms: torchvision-style random resized crop and the evaluation center resize (Pillow,
+per example), and their vectorised counterparts for batches of equal-size images (separable bilinear
+weight matrices, the same filter as Pillow's BILINEAR resize).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+
+# ---------------------------------------------------------------------------------------------- array <-> Pillow
+def _as_array(img: Image.Image) -> np.ndarray:
+  arr = np.asarray(img)
+  return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _pil_image(image: np.ndarray) -> Image.Image:
+  if image.ndim != 3 or image.shape[-1] not in (1, 3):
+    raise ValueError(f"expected an image [h, w, 1 or 3], got shape {image.shape}")
+  image = np.ascontiguousarray(image, dtype=np.uint8)
+  return Image.fromarray(image[..., 0], "L") if image.shape[-1] == 1 else Image.fromarray(image, "RGB")
+
+
+# ---------------------------------------------------------------------------------------------- per-example crops
+def _sample_crop_box(rng: np.random.Generator, height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
+  """torchvision RandomResizedCrop.get_params: (top, left, h, w)."""
+  area = height * width
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  u = rng.random((10, 2))
+  for t in range(10):
+    target_area = area * (scale[0] + (scale[1] - scale[0]) * u[t, 0])
+    aspect = math.exp(log_lo + (log_hi - log_lo) * u[t, 1])
+    w = int(round(math.sqrt(target_area * aspect)))
+    h = int(round(math.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  return _fallback_box(height, width, ratio)
+
+
+def _fallback_box(height: int, width: int, ratio) -> tuple[int, int, int, int]:
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    h, w = height, int(round(height * max(ratio)))
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
+                        scale=(0.3, 1.0), ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+  """torchvision's RandomResizedCrop: uint8 [h, w, c] (c = 1 or 3) -> uint8 [size, size, c], bilinear."""
+  height, width = image.shape[:2]
+  top, left, h, w = _sample_crop_box(rng, height, width, scale, ratio)
+  out = _pil_image(image).resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+  return _as_array(out)
+
+
+def _center_box(width: float, height: float) -> tuple[float, float, float, float]:
+  side = min(width, height)
+  left, top = (width - side) / 2, (height - side) / 2
+  return left, top, left + side, top + side
+
+
+def center_resize(image: np.ndarray, size: int) -> np.ndarray:
+  """Evaluation view: resize the shorter side to `size`, center crop size x size (identity when already so)."""
+  height, width = image.shape[:2]
+  if height == width == size:
+    return np.asarray(image, dtype=np.uint8)
+  out = _pil_image(image).resize((size, size), Image.BILINEAR, box=_center_box(width, height))
+  return _as_array(out)
+
+
+# ---------------------------------------------------------------------------------------------- batched crops
+# Vectorised crop+resize for batches of equal-size images: out = Wy @ image @ Wx^T per example, with the
+# weights of Pillow's BILINEAR resample (a triangle filter widened by the scale factor when downscaling).
+def _resize_weights(start: np.ndarray, extent: np.ndarray, in_size: int, out_size: int) -> np.ndarray:
+  """[b] box starts/extents (input pixels) -> [b, out_size, in_size] float32 row-normalised weights."""
+  start = np.asarray(start, np.float32)
+  scale = np.asarray(extent, np.float32) / np.float32(out_size)  # [b]
+  inv_fs = 1.0 / np.maximum(scale, np.float32(1.0))
+  centers = start[:, None] + (np.arange(out_size, dtype=np.float32) + 0.5)[None, :] * scale[:, None]  # [b, out]
+  pixels = np.arange(in_size, dtype=np.float32) + 0.5
+  x = (pixels[None, None, :] - centers[:, :, None]) * inv_fs[:, None, None]
+  w = np.maximum(np.float32(0.0), 1.0 - np.abs(x, out=x), out=x)
+  total = w.sum(-1, keepdims=True)
+  w /= np.where(total > 0, total, np.float32(1.0))
+  return w
+
+
+def _resize_boxes(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
+  """images uint8 [b, H, W, C], boxes float [b, 4] = (top, left, h, w) -> uint8 [b, size, size, C]."""
+  b, height, width, c = images.shape
+  wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size)  # [b, S, H]
+  wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size)  # [b, S, W]
+  x = images.astype(np.float32)
+  t = np.matmul(wy, x.reshape(b, height, width * c)).reshape(b, size, width, c)  # rows
+  t = t.transpose(0, 2, 1, 3).reshape(b, width, size * c)  # [b, W, S*C]
+  t = np.matmul(wx, t).reshape(b, size, size, c).transpose(0, 2, 1, 3)  # columns: [b, S(x), S(y), C] -> y, x
+  return np.ascontiguousarray(np.clip(np.floor(t + 0.5), 0, 255).astype(np.uint8))
+
+
+def _sample_crop_boxes(rng: np.random.Generator, n: int, height: int, width: int, scale, ratio) -> np.ndarray:
+  """Vectorised `_sample_crop_box` for n images of one size: int64 [n, 4] = (top, left, h, w)."""
+  u = rng.random((n, 10, 2))
+  area = height * width
+  target_area = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+  log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+  aspect = np.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+  w = np.round(np.sqrt(target_area * aspect)).astype(np.int64)
+  h = np.round(np.sqrt(target_area / aspect)).astype(np.int64)
+  ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+  first = np.argmax(ok, axis=1)
+  found = ok[np.arange(n), first]
+  h, w = h[np.arange(n), first], w[np.arange(n), first]
+  pos = rng.random((n, 2))
+  top = np.floor(pos[:, 0] * (height - h + 1)).astype(np.int64)
+  left = np.floor(pos[:, 1] * (width - w + 1)).astype(np.int64)
+  fb = np.array(_fallback_box(height, width, ratio), np.int64)
+  boxes = np.stack([top, left, h, w], axis=1)
+  return np.where(found[:, None], boxes, fb[None, :])
+
+
+def _resize_full_batched(images: np.ndarray, size: int, chunk: int = 1024) -> np.ndarray:
+  """center_resize for a stack of equal-size images, vectorised."""
+  n, height, width, c = images.shape
+  if height == width == size:
+    return images
+  left, top, right, _ = _center_box(width, height)
+  side = right - left
+  out = np.empty((n, size, size, c), np.uint8)
+  for s in range(0, n, chunk):
+    part = images[s:s + chunk]
+    boxes = np.tile(np.array([[top, left, side, side]], np.float64), (len(part), 1))
+    out[s:s + chunk] = _resize_boxes(part, boxes, size)
+  return out
