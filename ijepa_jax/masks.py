@@ -151,22 +151,28 @@ class MultiBlockSampler:
     c_size = self._block_size(rng.random(), self.context_scale, self.context_aspect)
     return t_size, c_size
 
-  def _blocks(self, rng, shape, size) -> np.ndarray:
-    """Boolean masks [*shape, g, g] of rectangles of `size` at random corners."""
-    g = self.grid
-    h, w = size
-    span = 0 if self.mode == "release" else 1  # release: corner in U{0..g-h-1}
-    top = rng.integers(0, max(g - h + span, 1), size=shape)
-    left = rng.integers(0, max(g - w + span, 1), size=shape)
-    ar = np.arange(g)
+  def _corners(self, rng, shape, size) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners of blocks of `size`; the release draws them from U{0..g-h-1}."""
+    g, (h, w) = self.grid, size
+    span = 0 if self.mode == "release" else 1
+    return (rng.integers(0, max(g - h + span, 1), size=shape),
+            rng.integers(0, max(g - w + span, 1), size=shape))
+
+  def _rects(self, top, left, size) -> np.ndarray:
+    """Boolean masks [*top.shape, g, g] of the rectangles."""
+    ar, (h, w) = np.arange(self.grid), size
     rows = (ar >= top[..., None]) & (ar < top[..., None] + h)
     cols = (ar >= left[..., None]) & (ar < left[..., None] + w)
     return rows[..., :, None] & cols[..., None, :]
 
+  def _blocks(self, rng, shape, size) -> np.ndarray:
+    return self._rects(*self._corners(rng, shape, size), size)
+
   def __call__(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
-    n = self.grid * self.grid
+    n, m = self.grid * self.grid, self.num_targets
     t_size, c_size = self._draw_sizes(rng)
-    targets = self._blocks(rng, (batch_size, self.num_targets), t_size)
+    t_top, t_left = self._corners(rng, (batch_size, m), t_size)
+    targets = self._rects(t_top, t_left, t_size)
     context = self._blocks(rng, (batch_size,), c_size)
     need = self.num_context
     available = context & ~targets.any(axis=1)
@@ -175,37 +181,42 @@ class MultiBlockSampler:
       if not short.any():
         break
       rows = np.flatnonzero(short)
-      targets[rows] = self._blocks(rng, (rows.size, self.num_targets), t_size)
+      t_top[rows], t_left[rows] = self._corners(rng, (rows.size, m), t_size)
+      targets[rows] = self._rects(t_top[rows], t_left[rows], t_size)
       context[rows] = self._blocks(rng, (rows.size,), c_size)
       available[rows] = context[rows] & ~targets[rows].any(axis=1)
       short = available.reshape(batch_size, n).sum(-1) < need
-    for keep in range(self.num_targets - 1, -1, -1):  # the release's fallback: fewer exclusions
+    for keep in range(m - 1, -1, -1):  # the release's fallback: fewer exclusions
       if not short.any():
         break
       rows = np.flatnonzero(short)
       available[rows] = context[rows] & ~targets[rows, :keep].any(axis=1)
       short = available.reshape(batch_size, n).sum(-1) < need
 
-    targets = targets.reshape(batch_size, self.num_targets, n)
+    target_idx = self._target_indices(rng, t_top, t_left, t_size)
     available = available.reshape(batch_size, n)
-    target_idx = _pick(targets, self.num_target, rng)
-    if self.mode == "release":
-      context_idx = _first(available, need)
-    else:
-      context_idx = _pick(available, need, rng)
+    context_idx = _first(available, need) if self.mode == "release" else _pick(available, need, rng)
     return {"context_idx": context_idx, "target_idx": target_idx}
+
+  def _target_indices(self, rng, top, left, size) -> np.ndarray:
+    """[B, M, num_target] raster-order token indices of each rectangle (a random subset if larger)."""
+    g, (h, w), k = self.grid, size, self.num_target
+    offsets = (np.arange(h)[:, None] * g + np.arange(w)[None, :]).ravel()
+    idx = (top * g + left)[..., None] + offsets  # raster order within each rectangle
+    if h * w > k:
+      keep = np.argpartition(rng.random(idx.shape, dtype=np.float32), k - 1, axis=-1)[..., :k]
+      idx = np.take_along_axis(idx, np.sort(keep, axis=-1), axis=-1)
+    return idx.astype(np.int32)
 
 
 def _first(mask: np.ndarray, k: int) -> np.ndarray:
-  """Raster-order indices of the first k True entries of each row of mask [..., n]."""
-  return np.argsort(~mask, axis=-1, kind="stable")[..., :k].astype(np.int32)
+  """Raster-order indices of the first k True entries of each row of mask [..., n] (each has >= k)."""
+  keep = mask & (np.cumsum(mask, axis=-1) <= k)
+  return np.nonzero(keep)[-1].reshape(*mask.shape[:-1], k).astype(np.int32)
 
 
 def _pick(mask: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
   """k indices of True entries of each row, uniformly at random, returned in raster order."""
-  counts = mask.sum(-1)
-  if np.all(counts == k):
-    return _first(mask, k)
   keys = np.where(mask, rng.random(mask.shape, dtype=np.float32), 2.0)
   idx = np.argpartition(keys, k - 1, axis=-1)[..., :k]
   return np.sort(idx, axis=-1).astype(np.int32)

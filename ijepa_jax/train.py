@@ -67,7 +67,7 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
 
   step_fn = make_train_step(encoder, predictor, tx, optim.momentum_schedule(config.optim, total_steps),
                             config.loss, d.mean, d.std)
-  batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "context_idx", "target_idx")}
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", "context_idx", "target_idx")}
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   return encoder, abstract_state, (lambda: init(rng)), train_step
@@ -138,10 +138,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = int(state.step)
   stop = total_steps if config.run_steps <= 0 else min(total_steps, start + config.run_steps)
   timer = metrics.Timer()
-  pending, skipped = [], 0
+  pending, skipped = [], 0.0
   for step in range(start, stop):
     batch = next(iterator)
-    skipped += int(np.sum(batch.pop("skipped", 0)))
     state, m = run_step(train_step, mesh, config, state, sharding.global_batch(batch, mesh))
     pending.append(m)
     done = step + 1
@@ -149,7 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       seconds = timer.lap()
       # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
       # 'loss_window' averages the steps since the previous log line of this invocation.
-      row = {k: float(v) for k, v in pending[-1].items()}
+      row = {k: float(v) for k, v in pending[-1].items() if k != "skipped_images"}
+      skipped += sum(float(x["skipped_images"]) for x in pending)
       row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
                  lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
                  images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped)
@@ -173,3 +173,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   manager.close()
   writer.close()
   return {"state": state, "compiles": compiles, **results}
+
+
+# ============================================================================ loading for notebooks and evaluation
+def load(workdir: str, step: int | None = None, devices=None):
+  """(config, encoder, state) from a workdir's checkpoint, restored onto `devices` (default: one device),
+  whatever mesh wrote it. The target encoder's features: encoder.apply({'params': state.target}, images)."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  devices = jax.devices()[:1] if devices is None else devices
+  config.mesh = ml_collections.ConfigDict(dict(data=len(devices), fsdp=1))
+  mesh = sharding.make_mesh(config.mesh, devices)
+  manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.checkpoint_every)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
+  sampler = MultiBlockSampler.from_config(config.mask, config.data.image_size // config.model.patch_size)
+  # Schedule lengths only shape the optimizer's functions, not the state: any positive values do.
+  encoder, abstract_state, _, _ = build(config, mesh, sampler, total_steps=1, warmup_steps=0)
+  state, _ = checkpoint.restore(manager, step, abstract_state)
+  manager.close()
+  return config, encoder, state

@@ -65,7 +65,7 @@ MESH_SCRIPT = textwrap.dedent("""
       it = iter(data.make_pretrain_dataset(c, sampler))
       losses = []
       for _ in range(2):
-        b = next(it); b.pop("skipped")
+        b = next(it)
         state, m = train.run_step(step, mesh, c, state, sharding.global_batch(b, mesh))
         losses.append(float(m["loss"]))
       leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]

@@ -71,16 +71,24 @@ def run(config, encoder, target_params, mesh, workdir: str) -> dict:
   test_images, test_y = data.load_eval_arrays(config, config.data.eval_split)
   d = config.data
   rows = {}
-  feats = [features.extract(encoder, target_params, imgs, d.mean, d.std, pc.batch_size, mesh)
+  # The last 4 blocks' pooled outputs, concatenated; the final quarter is the last layer's output.
+  feats = [features.extract(encoder, target_params, imgs, d.mean, d.std, pc.batch_size, mesh, layers="last4")
            for imgs in (train_images, test_images)]
-  rows["I-JEPA target encoder"] = probe(feats[0], train_y, feats[1], test_y, pc.weight_decays, config.seed)
+  width = feats[0].shape[1] // min(4, encoder.depth)
+  rows["I-JEPA target encoder, last layer"] = probe(
+      feats[0][:, -width:], train_y, feats[1][:, -width:], test_y, pc.weight_decays, config.seed)
+  if encoder.depth >= 4:
+    rows["I-JEPA target encoder, last 4 layers"] = probe(
+        feats[0], train_y, feats[1], test_y, pc.weight_decays, config.seed)
   if pc.raw_pixels_baseline:
     flat = [imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0 for imgs in (train_images, test_images)]
     rows["raw pixels"] = probe(flat[0], train_y, flat[1], test_y, pc.weight_decays, config.seed)
-  result = {"linear_top1": rows["I-JEPA target encoder"]["top1"],
+  result = {"linear_top1": rows["I-JEPA target encoder, last layer"]["top1"],
             "probe": rows, "train_examples": int(len(train_y)), "test_examples": int(len(test_y))}
   if "raw pixels" in rows:
     result["raw_pixels_top1"] = rows["raw pixels"]["top1"]
+  if "I-JEPA target encoder, last 4 layers" in rows:
+    result["linear_last4_top1"] = rows["I-JEPA target encoder, last 4 layers"]["top1"]
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)
