@@ -79,5 +79,6 @@ def base_config() -> ml_collections.ConfigDict:
       epochs=100, lr=1e-2,
       weight_decays=(0.0, 1e-4, 1e-3, 1e-2),  # chosen on a held-out 10% of train, then refit
       raw_pixels_baseline=True,
+      raw_pixels_side=28,        # the raw-pixel baseline reads images resized to this side
   ))
   return c

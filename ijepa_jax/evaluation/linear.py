@@ -80,8 +80,11 @@ def run(config, encoder, target_params, mesh, workdir: str) -> dict:
   if encoder.depth >= 4:
     rows["I-JEPA target encoder, last 4 layers"] = probe(
         feats[0], train_y, feats[1], test_y, pc.weight_decays, config.seed)
-  if pc.raw_pixels_baseline:
-    flat = [imgs.reshape(len(imgs), -1).astype(np.float32) / 255.0 for imgs in (train_images, test_images)]
+  if pc.raw_pixels_baseline:  # the same images at raw_pixels_side (28: Fashion-MNIST's own pixels)
+    raw = config.copy_and_resolve_references()
+    raw.data.image_size = pc.raw_pixels_side
+    flat = [data.load_eval_arrays(raw, split, n)[0].reshape(len(y), -1).astype(np.float32) / 255.0
+            for split, n, y in ((config.data.split, limit, train_y), (config.data.eval_split, None, test_y))]
     rows["raw pixels"] = probe(flat[0], train_y, flat[1], test_y, pc.weight_decays, config.seed)
   result = {"linear_top1": rows["I-JEPA target encoder, last layer"]["top1"],
             "probe": rows, "train_examples": int(len(train_y)), "test_examples": int(len(test_y))}
