@@ -120,7 +120,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   latest = manager.latest_step()
   if latest is not None:
     state, data_state = checkpoint.restore(manager, latest, abstract_state)
-    iterator.set_state(data_state)
+    # An imported checkpoint (ijepa_jax.convert) has no data position: the pipeline starts afresh.
+    if data_state:
+      iterator.set_state(data_state)
     writer.message(f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{latest} (step {int(state.step)}).")
   else:
     state = init()
