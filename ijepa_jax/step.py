@@ -72,7 +72,7 @@ def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.Gradient
     params = optax.apply_updates(state.params, updates)
     m = momentum(state.step)
     target = jax.tree.map(lambda t, p: m * t + (1.0 - m) * p, state.target, params["encoder"])
-    metrics = {"loss": value, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": value, "grad_norm": optax.tree.norm(grads),
                "skipped_images": jnp.sum(batch["skipped"])}  # undecodable files replaced, all processes
     return TrainState(step=state.step + 1, params=params, target=target, opt_state=opt_state), metrics
 

@@ -188,11 +188,12 @@ def load(workdir: str, step: int | None = None, devices=None):
   mesh = sharding.make_mesh(config.mesh, devices)
   manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.checkpoint_every)
   step = manager.latest_step() if step is None else step
+  manager.close()
   if step is None:
     raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
   sampler = MultiBlockSampler.from_config(config.mask, config.data.image_size // config.model.patch_size)
   # Schedule lengths only shape the optimizer's functions, not the state: any positive values do.
   encoder, abstract_state, _, _ = build(config, mesh, sampler, total_steps=1, warmup_steps=0)
-  state, _ = checkpoint.restore(manager, step, abstract_state)
-  manager.close()
+  # Only the train state: the data iterator position belongs to the processes that wrote it.
+  state = checkpoint.restore_state(os.path.join(checkpoint.checkpoint_dir(workdir), str(step)), abstract_state)
   return config, encoder, state

@@ -27,8 +27,17 @@ def test_one_compile_over_twenty_steps_and_loss_decreases(tmp_path):
   for key in ("loss", "lr", "wd", "momentum", "images_per_sec"):
     assert all(np.isfinite(r[key]) for r in rows), key
   losses = [r["loss"] for r in rows]
-  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:3])
+  assert np.mean(losses[-5:]) < 0.9 * np.mean(losses[:3])
   assert rows[0]["momentum"] == pytest.approx(0.996) and rows[-1]["momentum"] > rows[0]["momentum"]
+
+
+def test_without_updates_the_loss_does_not_fall(tmp_path):
+  """Negative control for the test above: with lr = 0 the same 20 batches give no such drop."""
+  c = tiny_config(total_steps=20)
+  c.optim.lr = c.optim.start_lr = c.optim.final_lr = 0.0
+  train.train_and_evaluate(c, str(tmp_path))
+  losses = [r["loss"] for r in _rows(tmp_path)]
+  assert np.mean(losses[-5:]) > 0.97 * np.mean(losses[:3])
 
 
 def test_resume_continues_with_exactly_the_next_batches(tmp_path):
