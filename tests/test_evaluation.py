@@ -36,3 +36,26 @@ def test_extract_shapes_pooling_and_last4():
   np.testing.assert_allclose(pooled, tokens.mean(1), rtol=1e-5, atol=1e-6)
   # the last of the 4 concatenated layers is the encoder's final output
   np.testing.assert_allclose(last4[:, 96:], pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_extract_cli_matches_the_restored_target_encoder(tmp_path):
+  import subprocess
+  import sys
+  from conftest import REPO
+  from ijepa_jax import train
+  from ijepa_jax.step import normalise
+  train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path / "run"))
+  images = np.random.default_rng(1).integers(0, 255, (6, 16, 16, 1), dtype=np.uint8)
+  np.save(tmp_path / "x.npy", images)
+  base = [sys.executable, "-m", "ijepa_jax.extract", f"--checkpoint={tmp_path / 'run'}", f"--images={tmp_path / 'x.npy'}"]
+  proc = subprocess.run(base + [f"--out={tmp_path / 'f.npy'}", "--pool=none"], cwd=REPO, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  config, enc, state = train.load(str(tmp_path / "run"))
+  expected = enc.apply({"params": state.target}, normalise(images, config.data.mean, config.data.std))
+  got = np.load(tmp_path / "f.npy")
+  assert got.shape == (6, 64, 32) and got.dtype == np.float32
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  np.save(tmp_path / "bad.npy", images[:, :8])
+  bad = subprocess.run(base[:-1] + [f"--images={tmp_path / 'bad.npy'}", f"--out={tmp_path / 'g.npy'}"],
+                       cwd=REPO, capture_output=True, text=True)
+  assert bad.returncode == 2 and "resize the images to 16 px" in bad.stderr and "Traceback" not in bad.stderr

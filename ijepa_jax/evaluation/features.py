@@ -31,7 +31,8 @@ def tokens(encoder: nn.Module, params, x: jax.Array, layers: str = "last") -> ja
 
 def extract(encoder: nn.Module, params, images: np.ndarray, mean, std, batch_size: int, mesh: Mesh,
             pool: str = "mean", layers: str = "last") -> np.ndarray:
-  """images uint8 [N, S, S, C] -> float32 [N, D'] (pool='mean') or [N, tokens, D'] (pool='none')."""
+  """images [N, S, S, C] -> float32 [N, D'] (pool='mean') or [N, tokens, D'] (pool='none').
+  uint8 images are normalised with mean/std; float images are taken as already normalised."""
   if pool not in POOLS:
     raise ValueError(f"pool={pool!r} is not one of {POOLS}")
   dp = sharding.data_parallel_size(mesh)
@@ -39,7 +40,8 @@ def extract(encoder: nn.Module, params, images: np.ndarray, mean, std, batch_siz
 
   @jax.jit
   def forward(p, x):
-    t = tokens(encoder, p, normalise(x, mean, std), layers).astype(jnp.float32)
+    x = normalise(x, mean, std) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+    t = tokens(encoder, p, x, layers).astype(jnp.float32)
     return t.mean(axis=1) if pool == "mean" else t
 
   out = []

@@ -1,0 +1,57 @@
+"""Features of a trained encoder for a .npy of images:
+
+  python -m ijepa_jax.extract --checkpoint=WORKDIR --images=X.npy --out=F.npy \
+      [--encoder=target|context] [--pool=none|mean] [--layers=last|last4] [--step=N]
+
+X is uint8 (normalised with the config's mean/std) or float32 (already normalised), [N, H, W, C] at
+the model's resolution. The output is float32 [N, D] (--pool=mean) or [N, tokens, D] (--pool=none);
+--layers=last4 concatenates the last 4 blocks' outputs (each through the final LayerNorm): 4D wide.
+Batches are split over all local devices.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+from absl import app, flags
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir holding config.json and checkpoints/.")
+_IMAGES = flags.DEFINE_string("images", None, "A .npy of images [N, H, W, C], uint8 or float32.")
+_OUT = flags.DEFINE_string("out", None, "Where to write the float32 features (.npy).")
+_ENCODER = flags.DEFINE_enum("encoder", "target", ["target", "context"], "Which encoder.")
+_POOL = flags.DEFINE_enum("pool", "mean", ["mean", "none"], "Average-pool the patch tokens or not.")
+_LAYERS = flags.DEFINE_enum("layers", "last", ["last", "last4"], "Final output, or the last 4 blocks.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Images per forward pass (over all devices).")
+flags.mark_flags_as_required(["checkpoint", "images", "out"])
+
+
+def main(argv):
+  del argv
+  import jax
+  from ijepa_jax import sharding, train
+  from ijepa_jax.errors import ConfigError
+  from ijepa_jax.evaluation import features
+  try:
+    images = np.load(_IMAGES.value, mmap_mode="r")
+    config, encoder, state = train.load(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())
+    d = config.data
+    expected = (d.image_size, d.image_size, d.channels)
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+      raise ConfigError(f"{_IMAGES.value} has shape {images.shape}; this model takes [N, {', '.join(map(str, expected))}] "
+                        f"(resize the images to {d.image_size} px first).")
+    if images.dtype not in (np.uint8, np.float32):
+      raise ConfigError(f"{_IMAGES.value} is {images.dtype}: save uint8 (0-255) or normalised float32 images.")
+    params = state.target if _ENCODER.value == "target" else state.params["encoder"]
+    mesh = sharding.make_mesh(config.mesh, jax.local_devices())
+    out = features.extract(encoder, params, np.asarray(images), d.mean, d.std, _BATCH.value, mesh,
+                           pool=_POOL.value, layers=_LAYERS.value)
+  except (ConfigError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  np.save(_OUT.value, out.astype(np.float32))
+  print(f"{_OUT.value}: features {out.shape} from the {_ENCODER.value} encoder at step {int(state.step)}")
+
+
+if __name__ == "__main__":
+  app.run(main)
