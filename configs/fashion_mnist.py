@@ -2,8 +2,10 @@
 
 Command (what `make demo` runs):
   python -m ijepa_jax.main --config=configs/fashion_mnist.py --workdir=workdir/fashion_mnist
-Expected result: see README "Demo results" (pretraining ~10 minutes, probe ~3 minutes on 2 cores);
-eval.json holds the linear-probe test top-1 of the target encoder next to raw pixels.
+Expected result (2026-11-23, 2 cores, README "Demo results"): linear-probe test top-1 of the target
+encoder 79.3% (last layer) / 79.8% (last 4 layers) with smooth-L1, 80.1% / 80.9% with L2, against
+84.6% for raw pixels and ~75% for the same encoder at random init. ~9 minutes of pretraining and ~3 of
+probing when the run has the machine to itself. eval.json holds the numbers.
 
 Design (tuning log: experiments/README.md):
 - Images are upsampled 28 -> 56 px with 8x8 patches: still a 7x7 grid (the transformer's cost is
