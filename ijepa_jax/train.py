@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ijepa_jax import checkpoint, data, metrics, optim, sharding
+from ijepa_jax import checkpoint, data, metrics, optim, preemption, sharding
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.masks import MultiBlockSampler
 from ijepa_jax.models import make_models
@@ -141,35 +141,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stop = total_steps if config.run_steps <= 0 else min(total_steps, start + config.run_steps)
   timer = metrics.Timer()
   pending, skipped = [], 0.0
-  for step in range(start, stop):
-    batch = next(iterator)
-    state, m = run_step(train_step, mesh, config, state, sharding.global_batch(batch, mesh))
-    pending.append(m)
-    done = step + 1
-    if done % config.log_every == 0 or done == stop:
-      seconds = timer.lap()
-      # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
-      # 'loss_window' averages the steps since the previous log line of this invocation.
-      row = {k: float(v) for k, v in pending[-1].items() if k != "skipped_images"}
-      skipped += sum(float(x["skipped_images"]) for x in pending)
-      row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
-                 lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
-                 images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped)
-      writer.write(done, row)
-      writer.progress(done, row, seconds / len(pending))
-      if not np.isfinite(row["loss"]):
-        raise FloatingPointError(f"loss is {row['loss']} at step {done}; the last checkpoint is intact.")
-      pending = []
-    if done % config.checkpoint_every == 0 or done == stop:
-      checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop)
-  manager.wait_until_finished()
+  with preemption.StopRequest(every=config.log_every) as stop_request:
+    for step in range(start, stop):
+      batch = next(iterator)
+      state, m = run_step(train_step, mesh, config, state, sharding.global_batch(batch, mesh))
+      pending.append(m)
+      done = step + 1
+      if done % config.log_every == 0 or done == stop:
+        seconds = timer.lap()
+        # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
+        # 'loss_window' averages the steps since the previous log line of this invocation.
+        row = {k: float(v) for k, v in pending[-1].items() if k != "skipped_images"}
+        skipped += sum(float(x["skipped_images"]) for x in pending)
+        row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
+                   lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
+                   images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped)
+        writer.write(done, row)
+        writer.progress(done, row, seconds / len(pending))
+        if not np.isfinite(row["loss"]):
+          raise FloatingPointError(f"loss is {row['loss']} at step {done}; the last checkpoint is intact.")
+        pending = []
+      preempted = stop_request.should_stop(done)
+      if done % config.checkpoint_every == 0 or done == stop or preempted:
+        checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop or preempted)
+      if preempted:
+        break
+  manager.wait_until_finished()  # the checkpoint is durable before we report or exit
   compiles = train_step._cache_size()
-  where = "Finished" if int(state.step) == total_steps else "Stopped (run_steps)"
-  writer.message(f"{where} at step {int(state.step)} of {total_steps}; train step compiled {compiles} time(s); "
-                 f"checkpoints in {checkpoint.checkpoint_dir(workdir)}.")
+  at = int(state.step)
+  if at == total_steps:
+    where = "Finished"
+  elif at < stop:  # a signal here or on another process
+    where = f"Stopped by {stop_request.name}"
+  else:
+    where = "Stopped (run_steps)"
+  again = "" if at == total_steps else " Re-run the same command to continue."
+  writer.message(f"{where} at step {at} of {total_steps}; train step compiled {compiles} time(s); "
+                 f"checkpoints in {checkpoint.checkpoint_dir(workdir)}.{again}")
 
   results = {}
-  if config.probe.enabled and int(state.step) == total_steps:
+  if config.probe.enabled and at == total_steps:
     from ijepa_jax.evaluation import linear
     results = linear.run(config, encoder, state.target, mesh, workdir)
   manager.close()

@@ -1,0 +1,50 @@
+"""SIGTERM / SIGINT on a real training process: finish the step, checkpoint, exit 0, resume exactly."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from test_cli import TINY
+
+LONG = ["--config.total_steps=300", "--config.log_every=1", "--config.checkpoint_every=1000",
+        "--config.probe.enabled=False"]
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _cmd(workdir):
+  return [sys.executable, "-m", "ijepa_jax.main", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
+          *TINY, *LONG]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_and_resume_is_exact(tmp_path, sig):
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(_cmd(workdir), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline:   # wait until training is under way
+    if os.path.exists(workdir / "metrics.jsonl") and len(_rows(workdir)) >= 5:
+      break
+    time.sleep(0.2)
+  proc.send_signal(sig)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-2000:]
+  stopped = max(r["step"] for r in _rows(workdir))
+  assert 5 <= stopped < 300
+  assert f"Stopped by {sig.name} at step {stopped} of 300" in out and "Re-run the same command" in out
+  assert os.listdir(workdir / "checkpoints") == [str(stopped)]     # durable, at the step it stopped
+
+  resumed = subprocess.run(_cmd(workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert f"Resumed from" in resumed.stdout and "Finished at step 300 of 300" in resumed.stdout
+  reference = subprocess.run(_cmd(tmp_path / "ref"), cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert reference.returncode == 0
+  assert [(r["step"], r["loss"]) for r in _rows(workdir)] == [(r["step"], r["loss"]) for r in _rows(tmp_path / "ref")]
