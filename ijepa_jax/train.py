@@ -163,6 +163,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending = []
       preempted = stop_request.should_stop(done)
       if done % config.checkpoint_every == 0 or done == stop or preempted:
+        if not np.isfinite(float(m["loss"])):  # never overwrite good checkpoints with a broken state
+          raise FloatingPointError(f"loss is {float(m['loss'])} at step {done}; the last checkpoint is intact.")
         checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop or preempted)
       if preempted:
         break
