@@ -141,34 +141,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stop = total_steps if config.run_steps <= 0 else min(total_steps, start + config.run_steps)
   timer = metrics.Timer()
   pending, skipped = [], 0.0
-  with preemption.StopRequest(every=config.log_every) as stop_request:
-    for step in range(start, stop):
-      batch = next(iterator)
-      state, m = run_step(train_step, mesh, config, state, sharding.global_batch(batch, mesh))
-      pending.append(m)
-      done = step + 1
-      if done % config.log_every == 0 or done == stop:
-        seconds = timer.lap()
-        # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
-        # 'loss_window' averages the steps since the previous log line of this invocation.
-        row = {k: float(v) for k, v in pending[-1].items() if k != "skipped_images"}
-        skipped += sum(float(x["skipped_images"]) for x in pending)
-        row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
-                   lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
-                   images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped)
-        writer.write(done, row)
-        writer.progress(done, row, seconds / len(pending))
-        if not np.isfinite(row["loss"]):
-          raise FloatingPointError(f"loss is {row['loss']} at step {done}; the last checkpoint is intact.")
-        pending = []
-      preempted = stop_request.should_stop(done)
-      if done % config.checkpoint_every == 0 or done == stop or preempted:
-        if not np.isfinite(float(m["loss"])):  # never overwrite good checkpoints with a broken state
-          raise FloatingPointError(f"loss is {float(m['loss'])} at step {done}; the last checkpoint is intact.")
-        checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop or preempted)
-      if preempted:
-        break
-  manager.wait_until_finished()  # the checkpoint is durable before we report or exit
+  try:
+    with preemption.StopRequest(every=config.log_every) as stop_request:
+      for step in range(start, stop):
+        batch = next(iterator)
+        state, m = run_step(train_step, mesh, config, state, sharding.global_batch(batch, mesh))
+        pending.append(m)
+        done = step + 1
+        if done % config.log_every == 0 or done == stop:
+          seconds = timer.lap()
+          # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
+          # 'loss_window' averages the steps since the previous log line of this invocation.
+          row = {k: float(v) for k, v in pending[-1].items() if k != "skipped_images"}
+          skipped += sum(float(x["skipped_images"]) for x in pending)
+          row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
+                     lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
+                     images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped)
+          writer.write(done, row)
+          writer.progress(done, row, seconds / len(pending))
+          if not np.isfinite(row["loss"]):
+            raise FloatingPointError(f"loss is {row['loss']} at step {done}; the last checkpoint is intact.")
+          pending = []
+        preempted = stop_request.should_stop(done)
+        if done % config.checkpoint_every == 0 or done == stop or preempted:
+          if not np.isfinite(float(m["loss"])):  # never overwrite good checkpoints with a broken state
+            raise FloatingPointError(f"loss is {float(m['loss'])} at step {done}; the last checkpoint is intact.")
+          checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop or preempted)
+        if preempted:
+          break
+  finally:  # pending saves complete even when the run stops on an error: checkpoints stay whole
+    manager.wait_until_finished()
   compiles = train_step._cache_size()
   at = int(state.step)
   if at == total_steps:

@@ -113,3 +113,14 @@ def test_config_errors_before_compiling(tmp_path):
     train.train_and_evaluate(tiny_config(loss="l1"), str(tmp_path / "c"))
   with pytest.raises(ConfigError, match="min_keep"):
     train.train_and_evaluate(tiny_config(**{"mask.min_keep": 10}), str(tmp_path / "d"))
+
+
+def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
+  c = tiny_config(total_steps=12, checkpoint_every=1)
+  c.optim.lr = c.optim.start_lr = 1e12                      # diverges within a few steps
+  with pytest.raises(FloatingPointError, match=r"at step \d+; the last checkpoint is intact"):
+    train.train_and_evaluate(c, str(tmp_path))
+  rows = _rows(tmp_path)
+  bad = next(r["step"] for r in rows if not np.isfinite(r["loss"]))
+  saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+  assert saved and max(saved) < bad                         # nothing written from a broken state
