@@ -8,6 +8,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Multi-process run with auto-detected peers (Cloud TPU VM pod slices, SLURM).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 for multi-process runs without auto-detection.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).")
@@ -32,9 +34,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax
+  # Here, not at import: grain's worker processes re-import __main__.
   if _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                                process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()  # the cluster environment names the coordinator and this process
   from ijepa_jax import train
   from ijepa_jax.errors import ConfigError
   logging.set_verbosity(logging.WARNING)
