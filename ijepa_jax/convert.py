@@ -22,7 +22,7 @@ import sys
 
 import numpy as np
 
-from ijepa_jax.errors import ConfigError
+from ijepa_jax.errors import ConfigError, flags_parser
 
 POS_ATOL = 1e-6
 # Hugging Face IJepaModel tensors that are no part of the I-JEPA encoder (only present with
@@ -384,15 +384,6 @@ if __name__ == "__main__":
   _OUT = flags.DEFINE_string("out", None, "Workdir to write (checkpoints/0 and config.json).")
   flags.mark_flags_as_required(["config", "out"])
 
-  def _parse(argv):
-    try:
-      return flags.FLAGS(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-      print(f"error: {str(e).splitlines()[0] if str(e) else e!r}\nUsage: python -m ijepa_jax.convert "
-            "(--torch=RELEASE.pth.tar | --hf=DIR) --config=configs/NAME.py --out=DIR [--config.KEY=VALUE ...]",
-            file=sys.stderr)
-      sys.exit(2)
-
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -403,4 +394,6 @@ if __name__ == "__main__":
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 
-  app.run(_main, flags_parser=_parse)
+  app.run(_main, flags_parser=flags_parser(
+      "python -m ijepa_jax.convert (--torch=RELEASE.pth.tar | --hf=DIR) --config=configs/NAME.py --out=DIR "
+      "[--config.KEY=VALUE ...]"))

@@ -17,19 +17,6 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (wi
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def parse_flags(argv):
-  """absl's parser, with config override mistakes (a misspelt key, a bad value) as one clear line."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-    message = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "'")
-    if len(message) > 1 and message[0] == message[-1] == "'":
-      message = message[1:-1]
-    print(f"error: {message}\nUsage: python -m ijepa_jax.main --config=configs/NAME.py --workdir=DIR "
-          f"[--config.KEY=VALUE ...] (keys: ijepa_jax/defaults.py)", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -54,4 +41,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  from ijepa_jax.errors import flags_parser
+  app.run(main, flags_parser=flags_parser(
+      "python -m ijepa_jax.main --config=configs/NAME.py --workdir=DIR [--config.KEY=VALUE ...] "
+      "(keys: ijepa_jax/defaults.py)"))

@@ -1,7 +1,6 @@
 """Schedules at chosen steps (the release's conventions), decay mask, and AdamW = torch's AdamW."""
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax

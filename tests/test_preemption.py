@@ -44,7 +44,7 @@ def test_signal_checkpoints_and_resume_is_exact(tmp_path, sig):
 
   resumed = subprocess.run(_cmd(workdir), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert f"Resumed from" in resumed.stdout and "Finished at step 300 of 300" in resumed.stdout
+  assert "Resumed from" in resumed.stdout and "Finished at step 300 of 300" in resumed.stdout
   reference = subprocess.run(_cmd(tmp_path / "ref"), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert reference.returncode == 0
   assert [(r["step"], r["loss"]) for r in _rows(workdir)] == [(r["step"], r["loss"]) for r in _rows(tmp_path / "ref")]

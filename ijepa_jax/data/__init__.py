@@ -29,7 +29,7 @@ from ijepa_jax.data.sources import (DEFAULT_FASHION_MNIST_PATH, IMAGE_EXTENSIONS
                                     make_source)
 from ijepa_jax.data.transforms import center_resize, random_resized_crop
 # Private helpers that tests/test_data.py reaches as data._name (compared against the per-example crops).
-from ijepa_jax.data.transforms import _resize_boxes, _sample_crop_boxes  # pylint: disable=unused-import
+from ijepa_jax.data.transforms import _resize_boxes, _sample_crop_boxes  # pylint: disable=unused-import  # noqa: F401 (used by tests)
 
 __all__ = [
     "SOURCES", "IMAGE_EXTENSIONS", "DEFAULT_FASHION_MNIST_PATH", "MaskFn",

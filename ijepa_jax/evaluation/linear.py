@@ -96,7 +96,7 @@ def run(config, encoder, target_params, mesh, workdir: str) -> dict:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)
     print("\nLinear probe (logistic regression, penalty chosen on held-out train):")
-    print(f"| features | test top-1 | weight decay |\n|---|---|---|")
+    print("| features | test top-1 | weight decay |\n|---|---|---|")
     for name, r in rows.items():
       print(f"| {name} | {100 * r['top1']:.2f}% | {r['weight_decay']:g} |")
   return result
