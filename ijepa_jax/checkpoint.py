@@ -2,7 +2,14 @@
 
 Layout: WORKDIR/checkpoints/<step>/{state, data}. `state` is the TrainState pytree (sharded arrays,
 restorable onto any mesh, including a single device); `data` holds one small JSON file per process
-with that process's grain iterator state, so a resumed run continues with exactly the next batch.
+with that process's grain iterator state, so a resumed run continues with exactly the next batch, and
+a manifest of the state: each array's shape, dtype and fingerprint.
+
+The manifest is what makes restoring safe. Before reading any array, the shapes are compared with the
+config's, so a checkpoint of another model is a clear error that lists the differing parameters (and is
+left alone). After reading, every array's fingerprint is recomputed: a truncated or corrupted checkpoint
+is never restored silently; `restore_latest` moves it aside (WORKDIR/damaged_checkpoints/) and falls back
+to the previous one.
 """
 from __future__ import annotations
 
@@ -12,8 +19,13 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from ijepa_jax.errors import ConfigError
 
 
 class DataStateHandler(ocp.CheckpointHandler):
@@ -29,9 +41,9 @@ class DataStateHandler(ocp.CheckpointHandler):
     path = self._file(directory)
     if not path.exists():
       # An empty data state (an imported checkpoint, ijepa_jax.convert) fits any number of processes.
-      written = list(directory.glob("process_*.json"))
-      if written and all(json.loads(p.read_text()) == {} for p in written):
-        return {}
+      written = [json.loads(p.read_text()) for p in sorted(directory.glob("process_*.json"))]
+      if written and all(w.get("iterator") == {} for w in written):
+        return written[0]
       raise FileNotFoundError(
           f"{path} is missing: this checkpoint was written by a run with a different number of processes.")
     return json.loads(path.read_text())
@@ -75,23 +87,141 @@ def make_manager(workdir: str, keep: int, every: int, async_save: bool = True) -
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data"))
 
 
+# ------------------------------------------------------------------------------------------ manifest
+@jax.jit
+def _fingerprints(tree):
+  """Per array: the sum of its elements' bit patterns modulo 2**32. Integer sums do not depend on the
+  order of addition, so the value is exact on any mesh; any single changed element changes it."""
+  def one(x):
+    x = jnp.asarray(x)
+    if x.dtype.itemsize == 4:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    elif x.dtype.itemsize == 2:
+      bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    else:
+      bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.sum(bits, dtype=jnp.uint32)
+  return jax.tree.map(one, tree)
+
+
+def manifest(state) -> dict[str, dict]:
+  """{'params/encoder/...': {'shape', 'dtype', 'fingerprint'}} for every array of the state."""
+  prints = jax.tree.leaves(_fingerprints(state))
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  return {_name(path): {"shape": list(x.shape), "dtype": str(x.dtype), "fingerprint": int(np.asarray(f))}
+          for (path, x), f in zip(leaves, prints)}
+
+
+def _name(path) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def mismatches(saved: dict[str, dict], abstract_state) -> list[str]:
+  """Lines naming every array whose shape or dtype differs between a manifest and the config's state."""
+  wanted = {_name(p): x for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+  lines = []
+  for name in sorted(set(saved) | set(wanted)):
+    if name not in wanted:
+      lines.append(f"  {name}: in the checkpoint, not in this config")
+    elif name not in saved:
+      lines.append(f"  {name}: in this config, not in the checkpoint")
+    else:
+      s, w = saved[name], wanted[name]
+      if tuple(s["shape"]) != tuple(w.shape) or s["dtype"] != str(w.dtype):
+        lines.append(f"  {name}: checkpoint {s['dtype']}{s['shape']}, config {w.dtype}{list(w.shape)}")
+  return lines
+
+
+# ------------------------------------------------------------------------------------------ save / restore
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, force: bool = False) -> bool:
-  return manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=DataStateSave(dict(data_state))),
-      force=force,
-  )
+  if not force and not manager.should_save(step):
+    return False
+  data = {"iterator": dict(data_state), "state": manifest(state)}
+  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=DataStateSave(data)),
+                      force=force)
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state):
-  """abstract_state: a pytree of jax.ShapeDtypeStruct with the target shardings (any mesh)."""
-  restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=DataStateRestore()))
-  return restored["state"], restored["data"]
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iterator: bool = True):
+  """abstract_state: a pytree of jax.ShapeDtypeStruct with the target shardings (any mesh).
+
+  Returns (state, this process's iterator state or None). Raises ConfigError when the checkpoint holds
+  another model, DamagedCheckpoint when it cannot be read whole or an array differs from its fingerprint.
+  """
+  directory = epath.Path(manager.directory) / str(step)
+  try:
+    saved = json.loads(sorted((directory / "data").glob("process_*.json"))[0].read_text())["state"]
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpoint(f"its manifest in data/ cannot be read ({_short(e)})") from e
+  wrong = mismatches(saved, abstract_state)
+  if wrong:
+    raise ConfigError(f"checkpoint {directory} was written for another model; these arrays differ from "
+                      f"the config:\n" + "\n".join(wrong[:40]) + ("\n  ..." if len(wrong) > 40 else "") +
+                      "\nUse the config (and overrides) the checkpoint was written with, or another --workdir.")
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if with_iterator:
+    items["data"] = DataStateRestore()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpoint(f"it cannot be read ({_short(e)})") from e
+  got = manifest(restored["state"])
+  bad = [n for n in saved if got[n]["fingerprint"] != saved[n]["fingerprint"]]
+  if bad:
+    raise DamagedCheckpoint(f"{len(bad)} array(s) differ from what was saved: {', '.join(bad[:5])}")
+  return restored["state"], (restored["data"]["iterator"] if with_iterator else None)
+
+
+class DamagedCheckpoint(Exception):
+  pass
+
+
+def _short(e: Exception) -> str:
+  text = " ".join(str(e).split())
+  return f"{type(e).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+def _all_ok(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def restore_latest(manager: ocp.CheckpointManager, workdir: str, abstract_state, report):
+  """(step, state, iterator state) from the newest checkpoint that restores whole, or None if there are
+  none. Damaged ones are reported and moved to WORKDIR/damaged_checkpoints/ (never deleted)."""
+  aside = os.path.join(os.path.abspath(workdir), "damaged_checkpoints")
+  moved = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      state, iterator_state = restore(manager, step, abstract_state)
+      problem = None
+    except DamagedCheckpoint as e:
+      problem = str(e)
+    if _all_ok(problem is None):  # every process must agree before using (or dropping) a checkpoint
+      return step, state, iterator_state
+    target = os.path.join(aside, f"{step}")
+    if jax.process_index() == 0:
+      os.makedirs(aside, exist_ok=True)
+      while os.path.exists(target):
+        target += "_"
+      os.replace(os.path.join(checkpoint_dir(workdir), str(step)), target)
+    moved.append(target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"moved damaged checkpoint {step}")
+    report(f"warning: checkpoint {step} is damaged ({problem or 'on another process'}); moved it to {target} "
+           f"and trying the previous one.")
+    manager.reload()
+  if moved:
+    raise ConfigError(f"no checkpoint in {checkpoint_dir(workdir)} could be restored (the damaged ones are now in "
+                      f"{aside}). Re-run to start from step 0, or use another --workdir.")
+  return None
 
 
 def restore_state(path: str, abstract_state):
-  """Restores only the train state from WORKDIR/checkpoints/<step> (for notebooks and evaluation)."""
+  """Restores only the train state from WORKDIR/checkpoints/<step> (for notebooks and evaluation),
+  checked against its manifest like `restore`."""
   with ocp.CheckpointManager(os.path.dirname(os.path.abspath(path)), item_names=("state", "data")) as mgr:
-    step = int(os.path.basename(os.path.abspath(path)))
-    return mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
+    try:
+      return restore(mgr, int(os.path.basename(os.path.abspath(path))), abstract_state, with_iterator=False)[0]
+    except DamagedCheckpoint as e:
+      raise ConfigError(f"checkpoint {path} is damaged: {e}. Load an earlier step.") from None

@@ -66,6 +66,8 @@ def base_config() -> ml_collections.ConfigDict:
       ("embed_in", None), ("embed_out", None), ("norm", None),
   )
 
+  c.skip_nonfinite_steps = False  # True: a step with a NaN/Inf loss or gradient changes nothing (counted in
+                                 # metrics as nonfinite_steps); False: the run stops at that step
   c.run_steps = -1              # > 0: stop after this many steps of this invocation (checkpointed),
                                 # e.g. for schedulers with time limits; re-run the command to continue
   c.log_every = 50

@@ -21,7 +21,9 @@ def _fmt_eta(seconds: float) -> str:
 
 class MetricWriter:
 
-  def __init__(self, workdir: str, total_steps: int):
+  def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
+    """start_step: the step the run (re)starts from. Rows logged after it by an earlier invocation that
+    was killed before its next checkpoint are dropped, so metrics.jsonl reads like one uninterrupted run."""
     self.active = jax.process_index() == 0
     self.total_steps = total_steps
     self._tty = sys.stdout.isatty()
@@ -29,9 +31,12 @@ class MetricWriter:
     if not self.active:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    _truncate_after(path, start_step)
+    self._jsonl = open(path, "a", buffering=1)
     from tensorboardX import SummaryWriter  # pure-python writer: no TensorFlow needed
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    # purge_step: TensorBoard hides the killed invocation's events after the checkpoint.
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step or None)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.active:
@@ -66,6 +71,29 @@ class MetricWriter:
         sys.stdout.write("\n")
       self._jsonl.close()
       self._tb.close()
+
+
+def _truncate_after(path: str, step: int) -> None:
+  """Keeps the rows of metrics.jsonl with row['step'] <= step (and drops a line cut short by a kill)."""
+  if not os.path.exists(path):
+    return
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+        keep = line.endswith("\n") and row["step"] <= step
+      except (ValueError, KeyError, TypeError):
+        keep = False
+      if keep:
+        kept.append(line)
+      else:
+        dropped += 1
+  if dropped:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
 
 
 class Timer:

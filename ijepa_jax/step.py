@@ -5,6 +5,9 @@
   preds    = predictor(context, context_idx, target_idx)           (one sequence per target block)
   loss     = smooth-L1 (release) or L2 (paper) between preds and targets, mean over all elements
   params  <- AdamW(grad loss);  target <- m * target + (1 - m) * params.encoder   (after the update)
+
+A step whose loss or gradients are not finite is flagged in the metrics ('nonfinite'); with
+skip_nonfinite it also leaves params, target and optimizer state as they were (only `step` advances).
 """
 from __future__ import annotations
 
@@ -54,7 +57,7 @@ def target_features(encoder: nn.Module, target_params, images, target_idx) -> ja
 
 
 def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.GradientTransformation,
-                    momentum: Callable, loss: str, mean, std):
+                    momentum: Callable, loss: str, mean, std, skip_nonfinite: bool = False):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings in train.py."""
 
   def train_step(state: TrainState, batch: dict):
@@ -72,8 +75,13 @@ def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.Gradient
     params = optax.apply_updates(state.params, updates)
     m = momentum(state.step)
     target = jax.tree.map(lambda t, p: m * t + (1.0 - m) * p, state.target, params["encoder"])
-    metrics = {"loss": value, "grad_norm": optax.tree.norm(grads),
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    new = (params, target, opt_state)
+    if skip_nonfinite:
+      new = jax.tree.map(lambda n, old: jnp.where(finite, n, old), new, (state.params, state.target, state.opt_state))
+    metrics = {"loss": value, "grad_norm": grad_norm, "nonfinite": 1 - finite.astype(jnp.int32),
                "skipped_images": jnp.sum(batch["skipped"])}  # undecodable files replaced, all processes
-    return TrainState(step=state.step + 1, params=params, target=target, opt_state=opt_state), metrics
+    return TrainState(state.step + 1, *new), metrics
 
   return train_step

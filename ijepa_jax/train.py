@@ -66,7 +66,7 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
     init = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)
 
   step_fn = make_train_step(encoder, predictor, tx, optim.momentum_schedule(config.optim, total_steps),
-                            config.loss, d.mean, d.std)
+                            config.loss, d.mean, d.std, config.skip_nonfinite_steps)
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", "context_idx", "target_idx")}
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -94,6 +94,16 @@ def schedule_lengths(config, num_examples: int) -> tuple[int, int]:
 
 
 # ============================================================================ the loop
+def _diverged(step: int) -> str:
+  return (f"the loss or the gradients are not finite at step {step}; the last checkpoint is intact "
+          f"(lower optim.lr, or set --config.skip_nonfinite_steps=True to skip such steps).")
+
+
+def _say(text: str) -> None:
+  if jax.process_index() == 0:
+    print(text, flush=True)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
@@ -116,19 +126,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # -- model, sharded state, step
   encoder, abstract_state, init, train_step = build(config, mesh, sampler, total_steps, warmup_steps)
   manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.checkpoint_every)
-  writer = metrics.MetricWriter(workdir, total_steps)
-  latest = manager.latest_step()
-  if latest is not None:
-    state, data_state = checkpoint.restore(manager, latest, abstract_state)
+  restored = checkpoint.restore_latest(manager, workdir, abstract_state, report=_say)
+  if restored is not None:
+    latest, state, data_state = restored
     # An imported checkpoint (ijepa_jax.convert) has no data position: the pipeline starts afresh.
     if data_state:
       iterator.set_state(data_state)
-    writer.message(f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{latest} (step {int(state.step)}).")
+    resumed = f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{latest} (step {int(state.step)})."
   else:
-    state = init()
+    state, resumed = init(), None
     if jax.process_index() == 0:
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
+  writer = metrics.MetricWriter(workdir, total_steps, start_step=int(state.step))
+  if resumed:
+    writer.message(resumed)
   writer.message(
       f"I-JEPA: {total_steps} steps of {config.batch_size} images on mesh {dict(mesh.shape)}; "
       f"{grid}x{grid} patches, context {sampler.num_context} tokens, "
@@ -140,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start = int(state.step)
   stop = total_steps if config.run_steps <= 0 else min(total_steps, start + config.run_steps)
   timer = metrics.Timer()
-  pending, skipped = [], 0.0
+  pending, skipped, nonfinite = [], 0.0, 0
   try:
     with preemption.StopRequest(every=config.log_every) as stop_request:
       for step in range(start, stop):
@@ -152,20 +164,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           seconds = timer.lap()
           # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
           # 'loss_window' averages the steps since the previous log line of this invocation.
-          row = {k: float(v) for k, v in pending[-1].items() if k != "skipped_images"}
+          row = {k: float(v) for k, v in pending[-1].items() if k not in ("skipped_images", "nonfinite")}
           skipped += sum(float(x["skipped_images"]) for x in pending)
+          bad = [done - len(pending) + 1 + i for i, x in enumerate(pending) if int(x["nonfinite"])]
+          nonfinite += len(bad)
           row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
                      lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
-                     images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped)
+                     images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped,
+                     nonfinite_steps=nonfinite)
           writer.write(done, row)
           writer.progress(done, row, seconds / len(pending))
-          if not np.isfinite(row["loss"]):
-            raise FloatingPointError(f"loss is {row['loss']} at step {done}; the last checkpoint is intact.")
+          if bad and not config.skip_nonfinite_steps:
+            raise FloatingPointError(_diverged(bad[0]))
           pending = []
         preempted = stop_request.should_stop(done)
         if done % config.checkpoint_every == 0 or done == stop or preempted:
-          if not np.isfinite(float(m["loss"])):  # never overwrite good checkpoints with a broken state
-            raise FloatingPointError(f"loss is {float(m['loss'])} at step {done}; the last checkpoint is intact.")
+          if int(m["nonfinite"]) and not config.skip_nonfinite_steps:  # never save a broken state
+            raise FloatingPointError(_diverged(done))
           checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop or preempted)
         if preempted:
           break

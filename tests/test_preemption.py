@@ -1,6 +1,7 @@
 """SIGTERM / SIGINT on a real training process: finish the step, checkpoint, exit 0, resume exactly."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -48,3 +49,32 @@ def test_signal_checkpoints_and_resume_is_exact(tmp_path, sig):
   reference = subprocess.run(_cmd(tmp_path / "ref"), cwd=REPO, capture_output=True, text=True, timeout=600)
   assert reference.returncode == 0
   assert [(r["step"], r["loss"]) for r in _rows(workdir)] == [(r["step"], r["loss"]) for r in _rows(tmp_path / "ref")]
+
+
+def test_sigkill_at_random_steps_then_resume_logs_the_uninterrupted_losses(tmp_path):
+  """kill -9 (no chance to checkpoint) at a random step, 3 times; the same command then continues from
+  the last checkpoint and metrics.jsonl ends up exactly as an uninterrupted run's."""
+  args = ["--config.total_steps=60", "--config.checkpoint_every=7", "--config.keep_checkpoints=2"]
+  reference = subprocess.run(_cmd(tmp_path / "ref") + args, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  expected = [(r["step"], r["loss"]) for r in _rows(tmp_path / "ref")]
+  assert [s for s, _ in expected] == list(range(1, 61))
+  rng = random.Random()  # arbitrary steps on purpose; they are in the failure message
+  for trial in range(3):
+    workdir = tmp_path / f"trial{trial}"
+    kill_at = rng.randrange(2, 58)
+    proc = subprocess.Popen(_cmd(workdir) + args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+      if os.path.exists(workdir / "metrics.jsonl") and open(workdir / "metrics.jsonl").read().count("\n") >= kill_at:
+        break
+      time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    killed = open(workdir / "metrics.jsonl").read().count("\n")
+    resumed = subprocess.run(_cmd(workdir) + args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, (kill_at, resumed.stderr[-2000:])
+    got = [(r["step"], r["loss"]) for r in _rows(workdir)]
+    assert got == expected, f"killed after step {killed} (aimed at {kill_at})"
+    if killed >= 7:
+      assert "Resumed from" in resumed.stdout, killed

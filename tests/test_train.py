@@ -1,6 +1,7 @@
 """The training loop on tiny configs: one compile, loss goes down, mesh invariance, exact resume."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from ijepa_jax import train
+from ijepa_jax import sharding, train
 from ijepa_jax.errors import ConfigError
+from ijepa_jax.masks import MultiBlockSampler
 
 
 def _rows(workdir):
@@ -80,6 +82,7 @@ MESH_SCRIPT = textwrap.dedent("""
       leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
       results[f"{{data_axis}}x{{fsdp}}"] = dict(losses=losses, params=np.concatenate(leaves).tolist()[:5000])
     from ijepa_jax.errors import ConfigError
+from ijepa_jax.masks import MultiBlockSampler
     c = tiny_config(batch_size=12)       # 12 images cannot be split over 8 data-parallel devices
     try:
       train.train_and_evaluate(c, {workdir!r})
@@ -118,9 +121,44 @@ def test_config_errors_before_compiling(tmp_path):
 def test_divergence_stops_with_the_step_and_keeps_good_checkpoints(tmp_path):
   c = tiny_config(total_steps=12, checkpoint_every=1)
   c.optim.lr = c.optim.start_lr = 1e12                      # diverges within a few steps
-  with pytest.raises(FloatingPointError, match=r"at step \d+; the last checkpoint is intact"):
+  with pytest.raises(FloatingPointError, match=r"not finite at step (\d+); the last checkpoint is intact") as e:
     train.train_and_evaluate(c, str(tmp_path))
+  bad = int(re.search(r"at step (\d+)", str(e.value)).group(1))
   rows = _rows(tmp_path)
-  bad = next(r["step"] for r in rows if not np.isfinite(r["loss"]))
+  assert rows[-1]["step"] == bad and rows[-1]["nonfinite_steps"] == 1 and rows[-2]["nonfinite_steps"] == 0
   saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
   assert saved and max(saved) < bad                         # nothing written from a broken state
+
+
+def _nan_batch(c, sampler, rng):
+  masks = sampler(rng, c.batch_size)
+  images = np.zeros((c.batch_size, c.data.image_size, c.data.image_size, 1), np.float32)
+  images[0, 3, 3, 0] = np.nan
+  return {"images": images, "skipped": np.zeros(c.batch_size, np.int32), **masks}
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_a_nonfinite_step_is_flagged_and_skipped_on_request(skip):
+  c = tiny_config(skip_nonfinite_steps=skip)
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  sampler = MultiBlockSampler.from_config(c.mask, c.data.image_size // c.model.patch_size)
+  _, _, init, step = train.build(c, mesh, sampler, 12, 3)
+  state = init()
+  before = jax.tree.map(np.asarray, state)
+  state, m = train.run_step(step, mesh, c, state, _nan_batch(c, sampler, np.random.default_rng(0)))
+  assert int(m["nonfinite"]) == 1 and int(state.step) == 1
+  after = jax.tree.map(np.asarray, (state.params, state.target, state.opt_state))
+  if skip:   # nothing but the step counter moved
+    jax.tree.map(np.testing.assert_array_equal, after, (before.params, before.target, before.opt_state))
+  else:
+    assert not np.all(np.isfinite(after[0]["encoder"]["patch_embed"]["kernel"]))
+
+
+def test_skip_nonfinite_steps_counts_them_and_finishes(tmp_path):
+  c = tiny_config(total_steps=12, skip_nonfinite_steps=True)
+  c.optim.lr = c.optim.start_lr = 1e12
+  train.train_and_evaluate(c, str(tmp_path))
+  rows = _rows(tmp_path)
+  assert rows[-1]["step"] == 12 and rows[-1]["nonfinite_steps"] > 0
+  assert rows[-1]["nonfinite_steps"] == sum(not np.isfinite(r["loss"]) or not np.isfinite(r["grad_norm"])
+                                            for r in rows)
