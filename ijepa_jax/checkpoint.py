@@ -83,6 +83,7 @@ def make_manager(workdir: str, keep: int, every: int, async_save: bool = True) -
       save_interval_steps=max(1, every),
       enable_async_checkpointing=async_save,
       create=True,
+      cleanup_tmp_directories=True,  # what a killed or failed save left half-written
   )
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data"))
 
@@ -133,12 +134,35 @@ def mismatches(saved: dict[str, dict], abstract_state) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ save / restore
+class WriteError(Exception):
+  """A checkpoint could not be written (disk full, permissions); the message names the intact one."""
+
+
+def _write_failed(manager, e: Exception) -> WriteError:
+  complete = sorted(int(n) for n in os.listdir(manager.directory) if n.isdigit())
+  intact = f"the newest complete checkpoint is step {complete[-1]}" if complete else "no checkpoint was completed"
+  return WriteError(f"could not write a checkpoint in {manager.directory}: {_short(e)}. Nothing was overwritten: "
+                    f"{intact}. Free disk space (or fix permissions) and re-run the same command to continue.")
+
+
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, force: bool = False) -> bool:
+  """Starts an (async) save of the state and the iterator state; WriteError if an earlier or this save failed."""
   if not force and not manager.should_save(step):
     return False
   data = {"iterator": dict(data_state), "state": manifest(state)}
-  return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=DataStateSave(data)),
-                      force=force)
+  try:
+    return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=DataStateSave(data)),
+                        force=force)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _write_failed(manager, e) from None
+
+
+def wait(manager: ocp.CheckpointManager, block: bool = True) -> None:
+  """Blocks until pending saves are durable (block=False: only checks finished ones); WriteError if one failed."""
+  try:
+    manager.wait_until_finished() if block else manager.check_for_errors()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _write_failed(manager, e) from None
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iterator: bool = True):

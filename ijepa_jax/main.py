@@ -27,7 +27,7 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()  # the cluster environment names the coordinator and this process
-  from ijepa_jax import train
+  from ijepa_jax import checkpoint, train
   from ijepa_jax.errors import ConfigError
   logging.set_verbosity(logging.WARNING)
   try:
@@ -35,7 +35,7 @@ def main(argv):
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except FloatingPointError as e:  # a diverged run: its checkpoints hold the last good state
+  except (FloatingPointError, checkpoint.WriteError) as e:  # the checkpoints hold the last good state
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 

@@ -94,6 +94,18 @@ def schedule_lengths(config, num_examples: int) -> tuple[int, int]:
 
 
 # ============================================================================ the loop
+def _check_writable(workdir: str) -> None:
+  """Fails before any data is read if the workdir cannot hold checkpoints."""
+  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ConfigError(f"cannot write to --workdir={workdir}: {e.strerror or e}. Choose a writable directory.") from None
+
+
 def _diverged(step: int) -> str:
   return (f"the loss or the gradients are not finite at step {step}; the last checkpoint is intact "
           f"(lower optim.lr, or set --config.skip_nonfinite_steps=True to skip such steps).")
@@ -106,7 +118,7 @@ def _say(text: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  _check_writable(workdir)
 
   # -- mesh
   mesh = sharding.make_mesh(config.mesh)
@@ -176,6 +188,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.progress(done, row, seconds / len(pending))
           if bad and not config.skip_nonfinite_steps:
             raise FloatingPointError(_diverged(bad[0]))
+          checkpoint.wait(manager, block=False)  # a failed background save stops the run here
           pending = []
         preempted = stop_request.should_stop(done)
         if done % config.checkpoint_every == 0 or done == stop or preempted:
@@ -185,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if preempted:
           break
   finally:  # pending saves complete even when the run stops on an error: checkpoints stay whole
-    manager.wait_until_finished()
+    checkpoint.wait(manager)
   compiles = train_step._cache_size()
   at = int(state.step)
   if at == total_steps:

@@ -1,6 +1,8 @@
 """The CLI end to end on tiny real data, and its answers to bad input."""
 import json
 import os
+import resource
+import signal
 import subprocess
 import sys
 
@@ -55,3 +57,39 @@ def test_image_size_not_divisible_by_patch(tmp_path):
   proc = _main("--config=configs/fashion_mnist.py", f"--workdir={tmp_path}", "--config.data.image_size=30")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert "--config.data.image_size" in proc.stderr
+
+
+def test_unwritable_workdir_is_one_clear_line(tmp_path):
+  (tmp_path / "a_file").write_text("not a directory")
+  workdirs = [tmp_path / "a_file" / "run"]
+  if os.geteuid() != 0:  # root writes anywhere: only the path-under-a-file case applies
+    (tmp_path / "readonly").mkdir(mode=0o500)
+    workdirs.append(tmp_path / "readonly" / "run")
+  for workdir in workdirs:
+    proc = _main("--config=configs/fashion_mnist.py", f"--workdir={workdir}", *TINY)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"error: cannot write to --workdir={workdir}" in proc.stderr and "writable directory" in proc.stderr
+
+
+def _file_size_limit(limit):
+  """A stand-in for a full disk: files cannot grow past `limit` bytes (EFBIG instead of ENOSPC)."""
+  def apply():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+  return apply
+
+
+def test_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path):
+  args = ["--config=configs/fashion_mnist.py", f"--workdir={tmp_path}", *TINY, "--config.total_steps=12",
+          "--config.checkpoint_every=4", "--config.probe.enabled=False"]
+  assert _main(*args, "--config.run_steps=4").returncode == 0
+  full = subprocess.run([sys.executable, "-m", "ijepa_jax.main", *args], capture_output=True, text=True, cwd=REPO,
+                        timeout=600, preexec_fn=_file_size_limit(60_000))   # checkpoint files are larger
+  assert full.returncode == 1
+  last = full.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: could not write a checkpoint") and "newest complete checkpoint is step 4" in last
+  assert "Free disk space" in last
+  assert sorted(n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()) == ["4"]
+  again = _main(*args)                              # space again: continues from step 4
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "Resumed from" in again.stdout and "(step 4)" in again.stdout and "Finished at step 12" in again.stdout
