@@ -2,9 +2,11 @@
 resume, and restore the result in a single process on one device."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -54,3 +56,39 @@ def test_two_processes_resume_and_restore_on_one_device(tmp_path):
   assert len(jax.tree.leaves(a.params)[0].sharding.device_set) == 1
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
   jax.tree.map(np.testing.assert_array_equal, a.target, b.target)
+
+
+def test_sigterm_on_one_process_stops_both_at_the_same_step(tmp_path):
+  """A preemption notice reaches one host only; JAX's preemption sync point stops every process at
+  the same step, with one checkpoint, and the same command resumes."""
+  port = _free_port()
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
+  args = [*TINY, *STEPS, "--config.total_steps=100", "--config.checkpoint_every=1000"]
+
+  def start():
+    return [subprocess.Popen(
+        [sys.executable, "-m", "ijepa_jax.main", "--config=configs/fashion_mnist.py", f"--workdir={tmp_path}",
+         f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+  procs = start()
+  deadline = time.time() + 300
+  while time.time() < deadline and not (
+      os.path.exists(tmp_path / "metrics.jsonl") and open(tmp_path / "metrics.jsonl").read().count("\n") >= 5):
+    time.sleep(0.1)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  saved = os.listdir(tmp_path / "checkpoints")
+  assert len(saved) == 1 and 5 <= int(saved[0]) < 100
+  assert f"Stopped by a preemption notice (SIGTERM, JAX preemption sync point) at step {saved[0]}" in outs[0][0]
+  assert [s for s, _ in _losses(tmp_path)] == list(range(1, int(saved[0]) + 1))
+
+  port = _free_port()
+  procs = start()
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "Resumed from" in outs[0][0] and "Finished at step 100 of 100" in outs[0][0]
+  assert [s for s, _ in _losses(tmp_path)] == list(range(1, 101))
