@@ -210,6 +210,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   again = "" if at == total_steps else " Re-run the same command to continue."
   writer.message(f"{where} at step {at} of {total_steps}; train step compiled {compiles} time(s); "
                  f"checkpoints in {checkpoint.checkpoint_dir(workdir)}.{again}")
+  if skipped or nonfinite:
+    writer.message(f"Data and numerics in this invocation: {int(skipped)} undecodable image(s) replaced by the "
+                   f"next file (their names are in the log); {nonfinite} step(s) with a non-finite loss or "
+                   f"gradient skipped.")
 
   results = {}
   if config.probe.enabled and at == total_steps:

@@ -317,3 +317,34 @@ def test_tfds_source(monkeypatch):
   images, labels = data.load_eval_arrays(cfg, "test")
   assert images.shape == (6, 16, 16, 3) and labels.tolist() == [0, 1, 2, 0, 1, 2]
   assert "tensorflow" not in sys.modules
+
+
+def test_image_folder_very_large_images(tmp_path, monkeypatch, caplog):
+  caplog.set_level(logging.WARNING)
+  cls = tmp_path / "root" / "train" / "a"
+  cls.mkdir(parents=True)
+  Image.new("RGB", (3000, 2000), (200, 10, 10)).save(cls / "big.jpg", quality=50)
+  Image.new("RGB", (8, 8), (0, 0, 255)).save(cls / "small.png")
+  source = data.make_source(make_config("image_folder", path=str(tmp_path / "root"), channels=3), "train")
+  assert source[0]["image"].shape == (2000, 3000, 3) and int(source[0]["skipped"]) == 0
+  arr, _, _ = source.load(0, draft_size=64)               # evaluation decodes JPEGs at reduced size
+  assert 64 <= min(arr.shape[:2]) < 2000
+  # Beyond Pillow's decompression-bomb limit an image is skipped and counted, not decoded.
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+  source = data.make_source(make_config("image_folder", path=str(tmp_path / "root"), channels=3), "train")
+  record = source[0]
+  assert int(record["skipped"]) == 1 and record["image"].shape == (8, 8, 3)
+  assert "DecompressionBombError" in " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_training_on_a_damaged_image_folder_reports_the_skipped_files(image_tree, tmp_path, capsys):
+  sys.path.insert(0, os.path.dirname(__file__))
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from ijepa_jax import train  # pylint: disable=g-import-not-at-top
+  c = tiny_config(batch_size=9, total_steps=2, **{"data.source": "image_folder", "data.path": str(image_tree),
+                                                 "data.mean": (0.5,), "data.std": (0.25,)})
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+  out = capsys.readouterr().out
+  assert rows[-1]["skipped_images"] == 4   # two bad files in each epoch of 9 images
+  assert "Finished at step 2 of 2" in out and "4 undecodable image(s) replaced by the next file" in out
