@@ -70,16 +70,23 @@ def base_config() -> ml_collections.ConfigDict:
                                  # metrics as nonfinite_steps); False: the run stops at that step
   c.run_steps = -1              # > 0: stop after this many steps of this invocation (checkpointed),
                                 # e.g. for schedulers with time limits; re-run the command to continue
+  c.write_plots = True           # at the end: training_curves.png, mask_examples.png, probe_results.png
   c.log_every = 50
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
 
   c.probe = ml_collections.ConfigDict(dict(
-      enabled=False,             # linear probe on the target encoder after pretraining
+      enabled=False,             # ijepa_jax.evaluate on the target encoder after pretraining
+      evals=("linear", "lowshot", "knn"),
       max_train=-1,              # -1: the whole train split
       batch_size=256,            # feature extraction batch
-      epochs=100, lr=1e-2,
       weight_decays=(0.0, 1e-4, 1e-3, 1e-2),  # chosen on a held-out 10% of train, then refit
+      standardise=True,          # features to zero mean / unit variance first (the probe's BatchNorm)
+      lowshot_fraction=0.01, lowshot_seeds=(0, 1, 2),
+      knn_k=20, knn_temperature=0.07,
+      monitor_every=0,           # > 0: k-NN on a subset every N steps during training (metric knn_monitor)
+      monitor_train=2000, monitor_test=1000,
+      random_init_baseline=True, # the same encoder at its initialisation, through the same probes
       raw_pixels_baseline=True,
       raw_pixels_side=28,        # the raw-pixel baseline reads images resized to this side
   ))

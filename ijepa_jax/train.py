@@ -57,7 +57,7 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, target=params["encoder"],
                       opt_state=tx.init(params))
 
-  rng = jax.random.key(config.seed)
+  rng = jax.random.key(config.seed)  # initial_encoder_params below repeats this derivation
   boxed = jax.eval_shape(init_state, rng)
   state_shardings = sharding.logical_shardings(boxed, mesh, rules)
   abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -71,6 +71,14 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   return encoder, abstract_state, (lambda: init(rng)), train_step
+
+
+def initial_encoder_params(config, encoder):
+  """The encoder's parameters at step 0 of a run with this config (the random-init baseline)."""
+  k_enc, _ = jax.random.split(jax.random.key(config.seed))
+  d = config.data
+  images = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
+  return nn.unbox(jax.jit(encoder.init)(k_enc, images)["params"])
 
 
 def run_step(train_step, mesh, config, state, batch):
@@ -163,6 +171,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mom_fn = optim.momentum_schedule(config.optim, total_steps)
   start = int(state.step)
   stop = total_steps if config.run_steps <= 0 else min(total_steps, start + config.run_steps)
+  monitor = None
+  if config.probe.monitor_every > 0 and jax.process_count() == 1:
+    from ijepa_jax import evaluate
+    monitor = evaluate.Monitor(config, encoder, mesh)
   timer = metrics.Timer()
   pending, skipped, nonfinite = [], 0.0, 0
   try:
@@ -184,6 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
                      images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped,
                      nonfinite_steps=nonfinite)
+          if monitor is not None and done % config.probe.monitor_every == 0:
+            row["knn_monitor"] = monitor(state.target)
+            timer.lap()  # the probe's time is not training time
           writer.write(done, row)
           writer.progress(done, row, seconds / len(pending))
           if bad and not config.skip_nonfinite_steps:
@@ -217,11 +232,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   results = {}
   if config.probe.enabled and at == total_steps:
-    from ijepa_jax.evaluation import linear
-    results = linear.run(config, encoder, state.target, mesh, workdir)
+    from ijepa_jax import evaluate
+    initial = initial_encoder_params(config, encoder) if config.probe.random_init_baseline else None
+    results = evaluate.run(config, encoder, state.target, initial, mesh, workdir, step=at)
+  if config.write_plots and at == total_steps and jax.process_index() == 0:
+    _write_plots(config, sampler, workdir)
   manager.close()
   writer.close()
   return {"state": state, "compiles": compiles, **results}
+
+
+def _write_plots(config, sampler, workdir: str) -> None:
+  from ijepa_jax import plots
+  images, _ = data.load_eval_arrays(config, config.data.eval_split, 6)
+  masks = sampler(np.random.default_rng(config.seed), len(images))
+  written = plots.write_run_plots(workdir, images, masks, config.data.image_size // config.model.patch_size)
+  print(f"Plots: {', '.join(os.path.basename(p) for p in written)} in {workdir}.", flush=True)
 
 
 # ============================================================================ loading for notebooks and evaluation

@@ -1,4 +1,6 @@
-"""Feature extraction and the linear probe."""
+"""Feature extraction and the probes: linear, low-shot, k-NN, and the evaluate CLI."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,3 +61,77 @@ def test_extract_cli_matches_the_restored_target_encoder(tmp_path):
   bad = subprocess.run(base[:-1] + [f"--images={tmp_path / 'bad.npy'}", f"--out={tmp_path / 'g.npy'}"],
                        cwd=REPO, capture_output=True, text=True)
   assert bad.returncode == 2 and "resize the images to 16 px" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _blobs(rng, n, dim=20, classes=5, spread=3.0):
+  centers = rng.normal(size=(classes, dim)) * spread
+  y = rng.integers(0, classes, n)
+  return centers[y] + rng.normal(size=(n, dim)), y
+
+
+def test_knn_finds_neighbours_and_not_noise():
+  from ijepa_jax.evaluation import knn
+  rng = np.random.default_rng(0)
+  x, y = _blobs(rng, 3000)
+  assert knn.knn(x[:2000], y[:2000], x[2000:], y[2000:], chunk=256)["top1"] > 0.95
+  assert knn.knn(rng.normal(size=(2000, 20)), y[:2000], rng.normal(size=(1000, 20)), y[2000:])["top1"] < 0.3
+  # k=1 with the test set inside the bank: every point is its own nearest neighbour
+  assert knn.knn(x[:500], y[:500], x[:500], y[:500], k=1)["top1"] == 1.0
+
+
+def test_lowshot_uses_the_same_share_of_every_class_and_three_draws():
+  rng = np.random.default_rng(0)
+  x, y = _blobs(rng, 6000, spread=1.0)
+  r = linear.lowshot(x[:5000], y[:5000], x[5000:], y[5000:], (0.0, 1e-2), fraction=0.01)
+  assert r["examples"] == sum(round(0.01 * np.sum(y[:5000] == c)) for c in range(5)) and len(r["draws"]) == 3
+  assert r["std"] > 0 and r["top1"] == np.mean(r["draws"])
+  full = linear.probe(x[:5000], y[:5000], x[5000:], y[5000:], (0.0, 1e-2))
+  assert 0.3 < r["top1"] < full["top1"]            # 50 labels learn something, 5000 learn more
+
+
+def test_initial_encoder_params_are_the_runs_step_0():
+  from ijepa_jax import train
+  from ijepa_jax.masks import MultiBlockSampler
+  c = tiny_config()
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  sampler = MultiBlockSampler.from_config(c.mask, 8)
+  encoder, _, init, _ = train.build(c, mesh, sampler, 12, 3)
+  jax.tree.map(np.testing.assert_array_equal, train.initial_encoder_params(c, encoder), init().params["encoder"])
+
+
+def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
+  import json
+  import subprocess
+  import sys
+  from conftest import REPO
+  from ijepa_jax import train
+  train.train_and_evaluate(tiny_config(total_steps=2, **{"model.depth": 4}), str(tmp_path))
+  cmd = [sys.executable, "-m", "ijepa_jax.evaluate", f"--checkpoint={tmp_path}", "--config=configs/fashion_mnist.py",
+         "--config.probe.max_train=1000", "--config.probe.weight_decays=(0.0,0.01)", "--eval=linear,lowshot,knn"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.load(open(tmp_path / "eval.json"))
+  assert result["step"] == 2 and result["train_examples"] == 1000 and result["test_examples"] == 10000
+  rows = result["table"]
+  assert set(rows) == {"I-JEPA target encoder, last layer", "I-JEPA target encoder, last 4 layers",
+                       "same encoder at random init, last layer", "same encoder at random init, last 4 layers",
+                       "raw pixels"}
+  for row in rows.values():
+    assert set(row) == {"linear", "lowshot", "knn"} and all(0.1 < r["top1"] <= 1 for r in row.values())
+  assert result["raw_pixels_top1"] > 0.7 and result["knn_top1"] == rows["I-JEPA target encoder, last layer"]["knn"]["top1"]
+  table = open(tmp_path / "eval.md").read()
+  assert "| raw pixels |" in table and "k-NN (k=20)" in table and "1% labels (3 draws)" in table
+  assert table in proc.stdout
+  assert len(os.listdir(tmp_path / "eval_cache" / "2")) == 4       # trained/init x train/test features
+  bad = subprocess.run(cmd[:4] + ["--eval=linear,svm"], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "unknown evaluation(s) ['svm']" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_knn_monitor_is_logged_during_training(tmp_path):
+  import json
+  from ijepa_jax import train
+  c = tiny_config(total_steps=4, **{"probe.monitor_every": 2, "probe.monitor_train": 200, "probe.monitor_test": 100})
+  train.train_and_evaluate(c, str(tmp_path))
+  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  monitored = [r["step"] for r in rows if "knn_monitor" in r]
+  assert monitored == [2, 4] and all(0.2 < r["knn_monitor"] <= 1 for r in rows if "knn_monitor" in r)

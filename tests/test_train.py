@@ -82,7 +82,6 @@ MESH_SCRIPT = textwrap.dedent("""
       leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
       results[f"{{data_axis}}x{{fsdp}}"] = dict(losses=losses, params=np.concatenate(leaves).tolist()[:5000])
     from ijepa_jax.errors import ConfigError
-from ijepa_jax.masks import MultiBlockSampler
     c = tiny_config(batch_size=12)       # 12 images cannot be split over 8 data-parallel devices
     try:
       train.train_and_evaluate(c, {workdir!r})

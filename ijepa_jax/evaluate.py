@@ -1,0 +1,183 @@
+"""Evaluate a checkpoint's frozen target encoder next to its floors:
+
+  python -m ijepa_jax.evaluate --checkpoint=WORKDIR [--config=configs/NAME.py] \
+      [--eval=linear,lowshot,knn] [--step=N] [--config.probe.max_train=N ...]
+
+Feature sets, all through the same probes: the target encoder (average-pooled patch tokens of the last
+layer, and of the last 4 layers concatenated), the same encoder at its random initialisation, and raw
+pixels. Probes: `linear` (logistic regression on standardised features, penalty chosen on held-out
+train, refit), `lowshot` (the same on 1% of the labels, 3 draws), `knn` (cosine, k=20, T=0.07).
+Writes WORKDIR/eval.json and WORKDIR/eval.md and prints the table; features are cached in
+WORKDIR/eval_cache/<step>/. The demo (configs/fashion_mnist.py) runs this after pretraining.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from ijepa_jax import data
+from ijepa_jax.errors import ConfigError
+from ijepa_jax.evaluation import features, knn, linear
+
+EVALS = ("linear", "lowshot", "knn")
+TRAINED, INIT, PIXELS = "I-JEPA target encoder", "same encoder at random init", "raw pixels"
+
+
+def _cached(path: str | None, compute):
+  if path and os.path.exists(path):
+    return np.load(path)
+  x = compute()
+  if path and jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.save(path + ".tmp.npy", x)
+    os.replace(path + ".tmp.npy", path)
+  return x
+
+
+def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None) -> tuple[dict, np.ndarray, np.ndarray]:
+  """{name: (train features, test features)}, train labels, test labels."""
+  pc, d = config.probe, config.data
+  limit = None if pc.max_train < 0 else int(pc.max_train)
+  train_images, train_y = data.load_eval_arrays(config, d.split, limit)
+  test_images, test_y = data.load_eval_arrays(config, d.eval_split)
+  sets = {}
+  for name, params, tag in ((TRAINED, trained, "trained"), (INIT, initial, "init")):
+    if params is None:
+      continue
+    # The last 4 blocks' pooled outputs, concatenated; the final quarter is the last layer's output.
+    pair = [_cached(cache_dir and os.path.join(cache_dir, f"{tag}_{split}_{len(imgs)}.npy"),
+                    lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
+                                                       layers="last4"))
+            for split, imgs in (("train", train_images), ("test", test_images))]
+    width = pair[0].shape[1] // min(4, encoder.depth)
+    sets[f"{name}, last layer"] = (pair[0][:, -width:], pair[1][:, -width:])
+    if encoder.depth >= 4:
+      sets[f"{name}, last 4 layers"] = tuple(pair)
+  if pc.raw_pixels_baseline:  # the same images at raw_pixels_side (28: Fashion-MNIST's own pixels)
+    raw = config.copy_and_resolve_references()
+    raw.data.image_size = pc.raw_pixels_side
+    sets[PIXELS] = tuple(data.load_eval_arrays(raw, split, n)[0].reshape(len(y), -1).astype(np.float32) / 255.0
+                         for split, n, y in ((d.split, limit, train_y), (d.eval_split, None, test_y)))
+  return sets, train_y, test_y
+
+
+def check_evals(evals) -> None:
+  unknown = set(evals) - set(EVALS)
+  if unknown:
+    raise ConfigError(f"unknown evaluation(s) {sorted(unknown)}: choose from {','.join(EVALS)}.")
+
+
+def probes(sets: dict, train_y, test_y, evals, pc, seed: int) -> dict:
+  """{feature set: {eval: result}} for every feature set and requested eval."""
+  check_evals(evals)
+  table = {}
+  for name, (tr, te) in sets.items():
+    row = {}
+    if "linear" in evals:
+      row["linear"] = linear.probe(tr, train_y, te, test_y, pc.weight_decays, seed, pc.standardise)
+    if "lowshot" in evals:
+      row["lowshot"] = linear.lowshot(tr, train_y, te, test_y, pc.weight_decays, pc.lowshot_fraction,
+                                      tuple(pc.lowshot_seeds), pc.standardise)
+    if "knn" in evals:
+      row["knn"] = knn.knn(tr, train_y, te, test_y, pc.knn_k, pc.knn_temperature)
+    table[name] = row
+  return table
+
+
+def markdown(table: dict, evals, pc, train_examples: int, step: int | None) -> str:
+  heads = {"linear": "linear", "lowshot": f"{100 * pc.lowshot_fraction:g}% labels ({len(pc.lowshot_seeds)} draws)",
+           "knn": f"k-NN (k={pc.knn_k})"}
+  cols = [e for e in EVALS if e in evals]
+  lines = [f"Frozen features{'' if step is None else f' at step {step}'}, test top-1 "
+           f"({train_examples} train examples; linear: logistic regression on "
+           f"{'standardised' if pc.standardise else 'raw'} features, penalty chosen on held-out train):",
+           "", "| features | " + " | ".join(heads[c] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+  for name, row in table.items():
+    cells = []
+    for c in cols:
+      r = row[c]
+      cells.append(f"{100 * r['top1']:.2f}" + (f" ± {100 * r['std']:.2f}" if c == "lowshot" else ""))
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def run(config, encoder, trained, initial, mesh, workdir: str, evals=None, step: int | None = None) -> dict:
+  """Runs the probes, writes eval.json / eval.md in workdir, prints the table; returns eval.json's dict."""
+  pc = config.probe
+  evals = tuple(pc.evals) if evals is None else tuple(evals)
+  check_evals(evals)
+  cache = None if step is None else os.path.join(workdir, "eval_cache", str(step))
+  sets, train_y, test_y = feature_sets(config, encoder, trained, initial, mesh, cache)
+  table = probes(sets, train_y, test_y, evals, pc, config.seed)
+  result = {"step": step, "train_examples": int(len(train_y)), "test_examples": int(len(test_y)), "table": table}
+  last, last4 = f"{TRAINED}, last layer", f"{TRAINED}, last 4 layers"
+  for key, name, ev in (("linear_top1", last, "linear"), ("linear_last4_top1", last4, "linear"),
+                        ("lowshot_top1", last, "lowshot"), ("knn_top1", last, "knn"),
+                        ("raw_pixels_top1", PIXELS, "linear")):
+    if ev in table.get(name, {}):
+      result[key] = table[name][ev]["top1"]
+  text = markdown(table, evals, pc, len(train_y), step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "eval.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    with open(os.path.join(workdir, "eval.md"), "w") as f:
+      f.write(text)
+    print("\n" + text, flush=True)
+  return result
+
+
+class Monitor:
+  """The cheap in-training signal: k-NN top-1 of the target encoder's pooled features, train subset as
+  the bank, test subset as queries (probe.monitor_train / monitor_test images), logged as `knn_monitor`."""
+
+  def __init__(self, config, encoder, mesh):
+    pc, d = config.probe, config.data
+    self.encoder, self.mesh, self.config = encoder, mesh, config
+    self.train = data.load_eval_arrays(config, d.split, int(pc.monitor_train))
+    self.test = data.load_eval_arrays(config, d.eval_split, int(pc.monitor_test))
+
+  def __call__(self, target_params) -> float:
+    d, pc = self.config.data, self.config.probe
+    f = [features.extract(self.encoder, target_params, x, d.mean, d.std, pc.batch_size, self.mesh)
+         for x, _ in (self.train, self.test)]
+    return knn.knn(f[0], self.train[1], f[1], self.test[1], pc.knn_k, pc.knn_temperature)["top1"]
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from ijepa_jax import sharding, train
+  try:
+    check_evals([e for e in _EVAL.value.split(",") if e])
+    config, encoder, state = train.load(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())
+    if _CONFIG.value is not None:  # the probe settings (and data paths) of the given config file
+      config.probe = _CONFIG.value.probe
+      config.data.path, config.data.split, config.data.eval_split = (
+          _CONFIG.value.data.path, _CONFIG.value.data.split, _CONFIG.value.data.eval_split)
+    mesh = sharding.make_mesh(config.mesh, jax.local_devices())
+    initial = train.initial_encoder_params(config, encoder) if config.probe.random_init_baseline else None
+    run(config, encoder, state.target, initial, mesh, _CHECKPOINT.value,
+        [e for e in _EVAL.value.split(",") if e], int(state.step))
+  except (ConfigError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  from ijepa_jax.errors import flags_parser
+  _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir holding config.json and checkpoints/.")
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Optional config file: its probe.* and data paths "
+                                            "replace the checkpoint's (e.g. --config.probe.max_train=...).")
+  _EVAL = flags.DEFINE_string("eval", ",".join(EVALS), f"Comma-separated evaluations: {','.join(EVALS)}.")
+  _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  flags.mark_flags_as_required(["checkpoint"])
+  app.run(main, flags_parser=flags_parser(
+      "python -m ijepa_jax.evaluate --checkpoint=WORKDIR [--config=configs/NAME.py] [--eval=linear,lowshot,knn]"))

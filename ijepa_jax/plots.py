@@ -1,0 +1,107 @@
+"""PNG figures of a run, written into its workdir: training curves, mask examples, probe results.
+
+Each function takes plain data (rows of metrics.jsonl, image arrays and index arrays, eval.json) and
+a path, so notebooks can call them too. Figures are built with matplotlib's object API (no pyplot), so
+writing them never switches the backend of a notebook that imports this module.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+
+def _subplots(rows: int, cols: int, figsize, **kw):
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=figsize)
+  return fig, fig.subplots(rows, cols, **kw)
+
+
+def training_curves(rows: list[dict], path: str) -> str:
+  """Loss (log scale), learning rate, weight decay and EMA momentum against the step."""
+  steps = [r["step"] for r in rows]
+  fig, axes = _subplots(1, 4, figsize=(16, 3.2))
+  for ax, key, log in zip(axes, ("loss", "lr", "wd", "momentum"), (True, False, False, False)):
+    ax.plot(steps, [r[key] for r in rows], lw=1)
+    ax.set_title(key)
+    ax.set_xlabel("step")
+    if log:
+      ax.set_yscale("log")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def mask_overlay(grid: int, context_idx: np.ndarray, target_idx: np.ndarray) -> np.ndarray:
+  """[grid, grid] map: 0 unused, 1 context, 2 + m for target block m (a token can be in several)."""
+  out = np.zeros(grid * grid, np.int32)
+  out[np.asarray(context_idx)] = 1
+  for m, block in enumerate(np.asarray(target_idx)):
+    out[block] = 2 + m
+  return out.reshape(grid, grid)
+
+
+def mask_examples(images: np.ndarray, context_idx: np.ndarray, target_idx: np.ndarray, grid: int,
+                  path: str) -> str:
+  """Images [n, S, S, C] uint8 with their context (blue) and target blocks (one colour each) drawn over."""
+  from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
+  n = len(images)
+  fig, axes = _subplots(2, n, figsize=(2 * n, 4.2), squeeze=False)
+  colours = np.array([[0, 0, 0, 0], [0.1, 0.3, 1.0, 0.45]] + [list(c[:3]) + [0.6] for c in
+                     colormaps["autumn"](np.linspace(0, 1, target_idx.shape[1]))])
+  for i in range(n):
+    img = images[i][..., 0] if images.shape[-1] == 1 else images[i]
+    which = mask_overlay(grid, context_idx[i], target_idx[i])
+    s = img.shape[0]
+    for row, shown, title in ((0, which == 1, "context"), (1, which >= 2, "targets")):
+      ax = axes[row, i]
+      ax.imshow(img, cmap="gray" if img.ndim == 2 else None, extent=(0, s, s, 0))
+      ax.imshow(np.where(shown[..., None], colours[which], 0.0), extent=(0, s, s, 0), interpolation="nearest")
+      ax.set_axis_off()
+      if i == 0:
+        ax.set_title(title, loc="left", fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def probe_results(result: dict, path: str) -> str:
+  """Grouped bars: one group per probe, one bar per feature set (eval.json's 'table')."""
+  table = result["table"]
+  names = list(table)
+  evals = [e for e in ("linear", "lowshot", "knn") if any(e in row for row in table.values())]
+  fig, ax = _subplots(1, 1, figsize=(5.5 + 2.2 * len(evals), 3.6))
+  width = 0.8 / len(names)
+  for j, name in enumerate(names):
+    xs = [i + j * width for i in range(len(evals))]
+    ys = [100 * table[name][e]["top1"] if e in table[name] else 0 for e in evals]
+    bars = ax.bar(xs, ys, width, label=name)
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
+  ax.set_xticks([i + 0.4 - width / 2 for i in range(len(evals))], evals)
+  ax.set_ylabel("test top-1 (%)")
+  low = min(100 * r["top1"] for row in table.values() for r in row.values())
+  ax.set_ylim(max(0, low - 10), 100)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path
+
+
+def write_run_plots(workdir: str, images=None, masks=None, grid: int | None = None) -> list[str]:
+  """The demo's figures from what the workdir holds (and, for mask examples, a batch's images and masks)."""
+  written = []
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      rows = [json.loads(line) for line in f]
+    if rows:
+      written.append(training_curves(rows, os.path.join(workdir, "training_curves.png")))
+  if images is not None:
+    written.append(mask_examples(images, masks["context_idx"], masks["target_idx"], grid,
+                                 os.path.join(workdir, "mask_examples.png")))
+  eval_path = os.path.join(workdir, "eval.json")
+  if os.path.exists(eval_path):
+    with open(eval_path) as f:
+      written.append(probe_results(json.load(f), os.path.join(workdir, "probe_results.png")))
+  return written
