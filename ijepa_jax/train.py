@@ -244,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _write_plots(config, sampler, workdir: str) -> None:
   from ijepa_jax import plots
-  images, _ = data.load_eval_arrays(config, config.data.eval_split, 6)
+  images, _ = data.load_eval_arrays(config, config.data.split, 6)  # the split that exists: it was trained on
   masks = sampler(np.random.default_rng(config.seed), len(images))
   written = plots.write_run_plots(workdir, images, masks, config.data.image_size // config.model.patch_size)
   print(f"Plots: {', '.join(os.path.basename(p) for p in written)} in {workdir}.", flush=True)

@@ -33,6 +33,7 @@ def tiny_config(**overrides):
   c.log_every = 1
   c.checkpoint_every = 4
   c.probe.enabled = False
+  c.probe.monitor_every = 0   # tests of the monitor turn it on
   for key, value in overrides.items():
     target = c
     *path, last = key.split(".")
