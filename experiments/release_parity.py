@@ -1,0 +1,415 @@
+"""Parity with the PyTorch release (facebookresearch/ijepa): predictor outputs and one full train step.
+
+  python experiments/release_parity.py --release=/path/to/ijepa [--out=experiments/results/release_parity.md]
+
+Why this exists: tests/test_convert.py checks the checkpoint layout and the encoder forward against
+torch ops written from REFERENCE.md, but nothing there runs the release's own code. Here the release's
+VisionTransformer and VisionTransformerPredictor are built with their own random init, saved as a
+release checkpoint (the dict src/train.py writes, 'module.'-prefixed state dicts), imported with our
+converter, and compared on
+  * the encoder output (full image, and the context tokens),
+  * the predictor output for the same context and target indices (the release concatenates target
+    blocks along the batch, mask-major; ours keeps [B, M, Kt, D]: reordered before comparing),
+  * the loss and every gradient of one training step (src/train.py's step: target encoder under
+    no_grad, F.layer_norm, apply_masks + repeat_interleave_batch, smooth-L1, backward) against
+    ijepa_jax.step's pieces under jax.value_and_grad; torch's .grad tensors are mapped into our tree by
+    the converter itself, so a layout mistake there shows up as a gradient mismatch,
+  * the loss and global gradient norm reported by our jitted make_train_step (uint8 images, normalised
+    on device), which checks the wiring of the real step rather than a re-assembly of its pieces.
+Each comparison is max|ours - theirs| / max|theirs| over the tensor; all must be <= 1e-5 (fp32).
+
+The release is CC BY-NC 4.0: it is imported at run time from --release and nothing of it is copied
+here. Without that checkout, or without torch, the script prints one line saying why and exits 0, so
+it can sit in scripts and tests that run where neither is installed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RTOL = 1e-5
+TINY = 1e-30
+# The release checkout is a plain copy (no .git) in our set-up: its commit is recorded as given.
+DEFAULT_COMMIT = '52c1ae9 ("Initial commit")'
+# Files of the release whose code runs here: their hashes pin what was compared.
+RELEASE_FILES = ("src/models/vision_transformer.py", "src/masks/utils.py", "src/utils/tensors.py",
+                 "src/helper.py", "src/train.py")
+
+# Two geometries: 3 channels on an 8x8 grid with the release's corner mode, and the demo's 1 channel,
+# 7x7 grid and uniform mode with a deeper, 6-head model (head_dim 16) and predictor heads = encoder
+# heads as the release's init_model sets them.
+SIZES = (
+    dict(name="tiny", image=32, patch=4, channels=3, width=64, depth=2, heads=4,
+         pred_width=32, pred_depth=2, pred_heads=4, batch=4, mask_mode="release",
+         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    dict(name="small", image=56, patch=8, channels=1, width=96, depth=3, heads=6,
+         pred_width=48, pred_depth=2, pred_heads=6, batch=3, mask_mode="uniform",
+         mean=(0.2860,), std=(0.3530,)),
+)
+
+
+def rel_err(ours, theirs) -> float:
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  if ours.shape != theirs.shape:
+    return float("inf")
+  return float(np.max(np.abs(ours - theirs)) / max(float(np.max(np.abs(theirs))), TINY))
+
+
+# ============================================================================ configs
+def our_config(size: dict):
+  """The demo config (configs/fashion_mnist.py) reshaped to the release model built for `size`."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("fashion_mnist", os.path.join(REPO, "configs", "fashion_mnist.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.dtype = "float32"
+  c.loss = "smooth_l1"
+  c.batch_size = size["batch"]
+  c.data.image_size, c.data.channels = size["image"], size["channels"]
+  c.data.mean, c.data.std = size["mean"], size["std"]
+  m = c.model
+  m.name, m.patch_size = "vit_tiny", size["patch"]
+  m.width, m.depth, m.num_heads, m.mlp_dim = size["width"], size["depth"], size["heads"], 4 * size["width"]
+  m.predictor_width, m.predictor_depth = size["pred_width"], size["pred_depth"]
+  m.predictor_heads = size["pred_heads"]
+  # min_keep 4: the release's default of 10 cannot work with 9-token target blocks on an 8x8 grid.
+  c.mask.mode, c.mask.min_keep, c.mask.reference_batch = size["mask_mode"], 4, size["batch"]
+  c.probe.enabled = False
+  return c
+
+
+# ============================================================================ the release's side
+def release_models(torch, vit, helper, size: dict, seed: int):
+  """(encoder, predictor, target_encoder, optimizer) of the release with its own init, fp32.
+
+  The encoder gets the keyword arguments the release's vit_* factories pass (mlp_ratio 4, qkv bias,
+  LayerNorm eps 1e-6), the predictor comes from its vit_predictor factory, and init_model's re-init
+  (trunc_normal_ std 0.02 on every Linear, LayerNorm 1/0) is applied with the release's trunc_normal_.
+  Biases and LayerNorm affines are then randomised (the init leaves them 0 and 1, which would hide a
+  swapped or transposed bias/scale), and the target encoder is a perturbed copy so that using the
+  context encoder's weights for the targets (or the other way round) cannot go unnoticed.
+  """
+  import functools
+  from src.utils.tensors import trunc_normal_   # the release's initialiser, imported, not copied
+  torch.manual_seed(seed)
+  norm = functools.partial(torch.nn.LayerNorm, eps=1e-6)
+  encoder = vit.VisionTransformer(
+      img_size=[size["image"]], patch_size=size["patch"], in_chans=size["channels"], embed_dim=size["width"],
+      depth=size["depth"], num_heads=size["heads"], mlp_ratio=4, qkv_bias=True, norm_layer=norm)
+  predictor = vit.vit_predictor(
+      num_patches=encoder.patch_embed.num_patches, embed_dim=encoder.embed_dim,
+      predictor_embed_dim=size["pred_width"], depth=size["pred_depth"], num_heads=size["pred_heads"])
+  with torch.no_grad():
+    for model in (encoder, predictor):
+      for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear):
+          trunc_normal_(mod.weight, std=0.02)
+          if mod.bias is not None:
+            mod.bias.zero_()
+        elif isinstance(mod, torch.nn.LayerNorm):
+          mod.weight.fill_(1.0)
+          mod.bias.zero_()
+      for name, p in model.named_parameters():
+        if p.requires_grad and (name.endswith("bias") or p.ndim == 1):
+          p.add_(0.2 * torch.randn_like(p))
+  target = vit.VisionTransformer(
+      img_size=[size["image"]], patch_size=size["patch"], in_chans=size["channels"], embed_dim=size["width"],
+      depth=size["depth"], num_heads=size["heads"], mlp_ratio=4, qkv_bias=True, norm_layer=norm)
+  target.load_state_dict(encoder.state_dict())
+  with torch.no_grad():
+    for p in target.parameters():
+      if p.requires_grad:
+        p.add_(0.1 * p.std() * torch.randn_like(p) if p.numel() > 1 else 0.01 * torch.randn_like(p))
+  for p in target.parameters():
+    p.requires_grad = False
+  # The release's optimizer (param groups, AdamW) for the checkpoint's 'opt' entry.
+  optimizer, scaler, _, _ = helper.init_opt(
+      encoder=encoder, predictor=predictor, iterations_per_epoch=1, start_lr=2e-4, ref_lr=1e-3,
+      final_lr=1e-6, warmup=1, num_epochs=1, wd=0.04, final_wd=0.4, use_bfloat16=False)
+  return encoder, predictor, target, optimizer, scaler
+
+
+def save_release_checkpoint(torch, path, encoder, predictor, target, optimizer, scaler, batch_size):
+  """The dict src/train.py's save_checkpoint writes, with DDP's 'module.' key prefix."""
+  def ddp(model):
+    return {f"module.{k}": v for k, v in model.state_dict().items()}
+  torch.save({"encoder": ddp(encoder), "predictor": ddp(predictor), "target_encoder": ddp(target),
+              "opt": optimizer.state_dict(), "scaler": None if scaler is None else scaler.state_dict(),
+              "epoch": 1, "loss": 0.0, "batch_size": batch_size, "world_size": 1, "lr": 1e-3}, path)
+
+
+def release_step(torch, F, apply_masks, repeat_interleave_batch, encoder, predictor, target,
+                 imgs, masks_enc, masks_pred):
+  """src/train.py's forward and backward for one batch (fp32, no autocast, world size 1)."""
+  encoder.zero_grad(set_to_none=True)
+  predictor.zero_grad(set_to_none=True)
+  with torch.no_grad():
+    h = target(imgs)
+    h = F.layer_norm(h, (h.size(-1),))
+    b = len(h)
+    h = apply_masks(h, masks_pred)
+    h = repeat_interleave_batch(h, b, repeat=len(masks_enc))
+  z = encoder(imgs, masks_enc)
+  z = predictor(z, masks_enc, masks_pred)
+  loss = F.smooth_l1_loss(z, h)   # AllReduce is the identity for one process
+  loss.backward()
+  return loss.detach()
+
+
+def grads_as_release(model, pos_key: str) -> dict[str, np.ndarray]:
+  """A release state dict holding the .grad of every trainable tensor (the fixed pos_embed as is)."""
+  out = {}
+  for name, p in model.named_parameters():
+    if name == pos_key:
+      out[name] = p.detach().numpy()       # not trained: no grad; only compared with ours by the converter
+    elif p.grad is None:
+      raise RuntimeError(f"release {name} has no gradient after backward")
+    else:
+      out[name] = p.grad.detach().numpy().copy()
+  return out
+
+
+def by_block(release_out, batch: int, blocks: int):
+  """The release's mask-major [M*B, K, D] -> our [B, M, K, D]."""
+  x = np.asarray(release_out)
+  return x.reshape(blocks, batch, *x.shape[1:]).swapaxes(0, 1)
+
+
+# ============================================================================ one size
+def run_size(size: dict, release_modules, workdir: str, seed: int = 0):
+  """Returns (rows, leaf_rows): rows are (quantity, rel err); leaf_rows (tree path, rel err)."""
+  import jax
+  import jax.numpy as jnp
+  from flax import traverse_util
+  from ijepa_jax import convert, sharding, step, train
+  from ijepa_jax.masks import MultiBlockSampler
+  from ijepa_jax.models import make_models
+  torch, F, vit, helper, apply_masks, repeat_interleave_batch = release_modules
+
+  config = our_config(size)
+  enc_t, pred_t, target_t, optimizer, scaler = release_models(torch, vit, helper, size, seed)
+  path = os.path.join(workdir, f"{size['name']}-latest.pth.tar")
+  save_release_checkpoint(torch, path, enc_t, pred_t, target_t, optimizer, scaler, size["batch"])
+
+  # Our side: the converter's own path from the file.
+  built = convert.build_abstract(config)
+  enc_p, pred_p, target_p = convert.release_params(config, built[1], convert.read_release(path))
+  state = convert.make_state(built, enc_p, target_p, pred_p)
+  encoder, predictor = make_models(config.model, config.data.image_size, config.data.channels, jnp.float32)
+
+  # One batch: uint8 images (for make_train_step), their normalised float32 copy for everything else,
+  # and masks from our sampler (same indices on both sides).
+  rng = np.random.default_rng(seed)
+  b, c, s = size["batch"], size["channels"], size["image"]
+  u8 = rng.integers(0, 256, size=(b, s, s, c), dtype=np.uint8)
+  images = ((u8.astype(np.float32) / np.float32(255.0) - np.asarray(size["mean"], np.float32))
+            / np.asarray(size["std"], np.float32)).astype(np.float32)            # NHWC
+  imgs_t = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NCHW
+  sampler = MultiBlockSampler.from_config(config.mask, s // size["patch"])
+  masks = sampler(rng, b)
+  ctx_idx, tgt_idx = masks["context_idx"], masks["target_idx"]   # [B, Kc], [B, M, Kt]
+  m = tgt_idx.shape[1]
+  masks_enc = [torch.from_numpy(ctx_idx.astype(np.int64))]
+  masks_pred = [torch.from_numpy(np.ascontiguousarray(tgt_idx[:, i]).astype(np.int64)) for i in range(m)]
+  rows = []
+
+  # Encoders: target encoder on the full image, context encoder on the context tokens.
+  with torch.no_grad():
+    full_t = target_t(imgs_t).numpy()
+    ctx_t = enc_t(imgs_t, masks_enc).numpy()
+  apply_enc = jax.jit(encoder.apply)
+  rows.append(("target encoder output, full image", rel_err(apply_enc({"params": target_p}, images), full_t)))
+  rows.append(("context encoder output, context tokens",
+               rel_err(apply_enc({"params": enc_p}, images, ctx_idx), ctx_t)))
+
+  # (a) Predictor on a random context (std 1: larger than encoder outputs, so errors are not hidden).
+  context = rng.standard_normal((b, ctx_idx.shape[1], size["width"])).astype(np.float32)
+  with torch.no_grad():
+    pred_out_t = pred_t(torch.from_numpy(context), masks_enc, masks_pred).numpy()
+  pred_out = jax.jit(predictor.apply)({"params": pred_p}, context, ctx_idx, tgt_idx)
+  rows.append(("predictor output (random context)", rel_err(pred_out, by_block(pred_out_t, b, m))))
+  # ... and on the context encoder's output, as in training.
+  with torch.no_grad():
+    pred_out_t = pred_t(torch.from_numpy(ctx_t), masks_enc, masks_pred).numpy()
+  pred_out = jax.jit(predictor.apply)({"params": pred_p}, np.asarray(ctx_t), ctx_idx, tgt_idx)
+  rows.append(("predictor output (encoder context)", rel_err(pred_out, by_block(pred_out_t, b, m))))
+
+  # (b) One training step: loss and every gradient.
+  loss_t = release_step(torch, F, apply_masks, repeat_interleave_batch, enc_t, pred_t, target_t,
+                        imgs_t, masks_enc, masks_pred)
+
+  def loss_fn(params, target_params, images, context_idx, target_idx):
+    # make_train_step's loss_fn, with float images instead of normalise(uint8).
+    targets = step.target_features(encoder, target_params, images, target_idx)
+    ctx = encoder.apply({"params": params["encoder"]}, images, context_idx)
+    preds = predictor.apply({"params": params["predictor"]}, ctx, context_idx, target_idx)
+    return step.prediction_loss(preds, targets, config.loss)
+
+  params = {"encoder": enc_p, "predictor": pred_p}
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, target_p, images, ctx_idx, tgt_idx)
+  rows.append(("loss (smooth-L1)", rel_err(loss, loss_t.numpy())))
+
+  # torch's grads -> our tree through the converter (same mapping as the weights).
+  grad_ckpt = {"encoder": grads_as_release(enc_t, "pos_embed"),
+               "predictor": grads_as_release(pred_t, "predictor_pos_embed"),
+               "target_encoder": {k: v.numpy() for k, v in target_t.state_dict().items()}}
+  genc_t, gpred_t, _ = convert.release_params(config, built[1], grad_ckpt)
+  theirs = traverse_util.flatten_dict({"encoder": genc_t, "predictor": gpred_t})
+  ours = traverse_util.flatten_dict(jax.device_get(grads))
+  if set(theirs) != set(ours):
+    raise RuntimeError(f"gradient trees differ: {sorted(set(theirs) ^ set(ours))}")
+  leaf_rows = [("/".join(k), rel_err(ours[k], theirs[k])) for k in sorted(ours)]
+  for part in ("encoder", "predictor"):
+    errs = [(e, p) for p, e in leaf_rows if p.startswith(part + "/")]
+    worst, where = max(errs)
+    rows.append((f"{part} gradients, worst of {len(errs)} leaves ({where.split('/', 1)[1]})", worst))
+
+  # The real jitted step (uint8 in, normalised on device): its reported loss and gradient norm.
+  config.mesh.data, config.mesh.fsdp = 1, 1
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  *_, train_step = train.build(config, mesh, sampler, total_steps=1, warmup_steps=0)
+  batch = {"images": u8, "skipped": np.zeros((b,), np.int32), "context_idx": ctx_idx, "target_idx": tgt_idx}
+  _, metrics = train.run_step(train_step, mesh, config, state, batch)
+  grad_norm_t = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in theirs.values()))
+  rows.append(("make_train_step: loss metric", rel_err(metrics["loss"], loss_t.numpy())))
+  rows.append(("make_train_step: grad_norm metric", rel_err(metrics["grad_norm"], grad_norm_t)))
+  shapes = dict(context=int(ctx_idx.shape[1]), targets=int(m), target_tokens=int(tgt_idx.shape[2]),
+                loss=float(loss_t))
+  return rows, leaf_rows, shapes
+
+
+# ============================================================================ report
+def machine() -> str:
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "?")
+  except (OSError, subprocess.CalledProcessError):
+    model = platform.processor() or "?"
+  return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def release_commit(path: str, given: str) -> str:
+  try:
+    out = subprocess.run(["git", "-C", path, "log", "-1", "--format=%h (%s)"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    if out:
+      return out
+  except (OSError, subprocess.CalledProcessError):
+    pass
+  return f"{given} (as given by --release_commit: the checkout is not a git repository)"
+
+
+def file_hashes(path: str) -> list[tuple[str, str]]:
+  out = []
+  for name in RELEASE_FILES:
+    with open(os.path.join(path, name), "rb") as f:
+      out.append((name, hashlib.sha256(f.read()).hexdigest()[:16]))
+  return out
+
+
+def write_markdown(out, results, header, argv) -> None:
+  lines = ["# Parity with the PyTorch release: predictor and one full training step", ""]
+  lines += [f"- {k}: {v}" for k, v in header]
+  lines += [f"- command: `python experiments/release_parity.py {' '.join(argv)}`", "",
+            f"Relative error = max|ours - release| / max|release| over the tensor; pass if <= {RTOL:g} (fp32).",
+            ""]
+  for size, rows, leaf_rows, shapes in results:
+    lines += [f"## {size['name']}: {size['image']}px, patch {size['patch']}, {size['channels']} channel(s), "
+              f"encoder {size['width']}x{size['depth']} ({size['heads']} heads), predictor "
+              f"{size['pred_width']}x{size['pred_depth']} ({size['pred_heads']} heads), batch {size['batch']}, "
+              f"mask mode {size['mask_mode']}", "",
+              f"{shapes['context']} context tokens, {shapes['targets']} target blocks of "
+              f"{shapes['target_tokens']} tokens; release loss {shapes['loss']:.6f}.", "",
+              "| quantity | max rel. error | result |", "|---|---|---|"]
+    lines += [f"| {q} | {e:.2e} | {'pass' if e <= RTOL else 'FAIL'} |" for q, e in rows]
+    lines += ["", "<details><summary>every gradient leaf</summary>", "",
+              "| leaf | max rel. error |", "|---|---|"]
+    lines += [f"| {p} | {e:.2e} |" for p, e in leaf_rows]
+    lines += ["", "</details>", ""]
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    f.write("\n".join(lines))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--release", required=True, help="checkout of facebookresearch/ijepa (holds src/)")
+  parser.add_argument("--out", default=None, help="Markdown results file to write (optional)")
+  parser.add_argument("--release_commit", default=DEFAULT_COMMIT,
+                      help="recorded when the checkout has no .git")
+  args = parser.parse_args(argv)
+  release = os.path.abspath(args.release)
+  # Checked before any heavy import, so that the skip is instant.
+  if not os.path.isdir(release):
+    print(f"release_parity: skipping: no release checkout at {args.release}")
+    return 0
+  try:
+    import torch
+  except ImportError as e:
+    print(f"release_parity: skipping: torch is not importable ({e})")
+    return 0
+  if not os.path.isfile(os.path.join(release, "src", "models", "vision_transformer.py")):
+    print(f"release_parity: error: {release} has no src/models/vision_transformer.py: "
+          "not a facebookresearch/ijepa checkout", file=sys.stderr)
+    return 2
+
+  torch.set_num_threads(min(2, os.cpu_count() or 1))
+  sys.path.insert(0, REPO)
+  sys.path.insert(0, release)
+  import torch.nn.functional as F
+  import src.helper as helper                  # the release's package 'src', from --release
+  import src.models.vision_transformer as vit
+  from src.masks.utils import apply_masks
+  from src.utils.tensors import repeat_interleave_batch
+  import logging
+  logging.getLogger().setLevel(logging.WARNING)  # the release's modules log at INFO on the root logger
+  import jax
+  import flax
+
+  modules = (torch, F, vit, helper, apply_masks, repeat_interleave_batch)
+  results, failed = [], []
+  with tempfile.TemporaryDirectory() as workdir:
+    for size in SIZES:
+      rows, leaf_rows, shapes = run_size(size, modules, workdir)
+      results.append((size, rows, leaf_rows, shapes))
+
+  width = max(len(q) for _, rows, _, _ in results for q, _ in rows) + 8
+  print(f"{'quantity':<{width}} {'max rel err':>12}  result")
+  for size, rows, _, _ in results:
+    for q, e in rows:
+      ok = e <= RTOL
+      failed += [] if ok else [f"{size['name']}: {q}"]
+      print(f"{size['name'] + ': ' + q:<{width}} {e:>12.2e}  {'pass' if ok else 'FAIL'}")
+
+  if args.out:
+    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip() or \
+        datetime.datetime.now(datetime.timezone.utc).isoformat()
+    header = [("date", date), ("machine", machine()),
+              ("versions", f"torch {torch.__version__}, jax {jax.__version__}, flax {flax.__version__}, "
+                           f"numpy {np.__version__}, Python {platform.python_version()}"),
+              ("release", f"facebookresearch/ijepa {release_commit(release, args.release_commit)}"),
+              ("release files used (sha256, first 16 hex)",
+               ", ".join(f"`{n}` {h}" for n, h in file_hashes(release))),
+              ("result", "all pass" if not failed else f"{len(failed)} FAILED: {'; '.join(failed)}")]
+    shown = [f"--release={args.release}", f"--out={args.out}"]
+    write_markdown(args.out, results, header, shown)
+    print(f"wrote {args.out}")
+  if failed:
+    print(f"release_parity: {len(failed)} check(s) above {RTOL:g}: {'; '.join(failed)}", file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,39 @@
+"""experiments/release_parity.py: parity with the PyTorch release when a checkout is at hand
+(IJEPA_RELEASE=/path/to/ijepa), and a clean skip when it is not."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = os.path.join(REPO, "experiments", "release_parity.py")
+
+
+def _run(*args, timeout):
+  return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_missing_release_checkout_skips_cleanly(tmp_path):
+  # Checked before torch or jax is imported: this must stay fast.
+  proc = _run(f"--release={tmp_path / 'no_such_checkout'}", timeout=60)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1 and "skipping" in lines[0] and "no_such_checkout" in lines[0], proc.stdout
+
+
+def test_release_parity(tmp_path):
+  release = os.environ.get("IJEPA_RELEASE")
+  if not release:
+    pytest.skip("IJEPA_RELEASE is not set (point it at a facebookresearch/ijepa checkout to run this)")
+  if not os.path.isdir(release):
+    pytest.skip(f"IJEPA_RELEASE={release} is not a directory")
+  pytest.importorskip("torch")
+  out = tmp_path / "release_parity.md"
+  proc = _run(f"--release={release}", f"--out={out}", timeout=900)
+  print(proc.stdout)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert "FAIL" not in proc.stdout
+  text = out.read_text()
+  assert "result: all pass" in text and "predictor output" in text and "gradients" in text
