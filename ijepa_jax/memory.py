@@ -74,14 +74,17 @@ def report(config, devices, per_device_batch: int | None = None) -> dict:
   return out
 
 
+def _fmt(n: float) -> str:
+  return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / 2 ** 20:.1f} MiB"
+
+
 def table(rows: dict[int, dict]) -> str:
   lines = ["| devices | mesh | global batch | params | opt state | EMA target | temp | state + temp | state ratio |",
            "|---|---|---|---|---|---|---|---|---|"]
   for n, r in rows.items():
     mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
-    lines.append(f"| {n} | {mesh} | {r['batch']} | {r['params'] / GIB:.2f} GiB | {r['opt_state'] / GIB:.2f} GiB | "
-                 f"{r['target'] / GIB:.2f} GiB | {r['temp'] / GIB:.2f} GiB | {r['peak'] / GIB:.2f} GiB | "
-                 f"{r['state_ratio']:.3f} |")
+    lines.append(f"| {n} | {mesh} | {r['batch']} | {_fmt(r['params'])} | {_fmt(r['opt_state'])} | "
+                 f"{_fmt(r['target'])} | {_fmt(r['temp'])} | {_fmt(r['peak'])} | {r['state_ratio']:.3f} |")
   return "\n".join(lines)
 
 
@@ -105,14 +108,14 @@ def main(argv):
     for n in counts:
       rows[n] = report(config, jax.devices()[:n], _PER_DEVICE_BATCH.value)
       r = rows[n]
-      print(f"N={n}: state {r['state'] / GIB:.2f} GiB/device (ratio {r['state_ratio']:.3f}), "
-            f"temp {r['temp'] / GIB:.2f} GiB, compiled", flush=True)
+      print(f"N={n}: state {_fmt(r['state'])}/device (ratio {r['state_ratio']:.3f}), temp {_fmt(r['temp'])}, "
+            f"compiled", flush=True)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   c = config
   print(f"\n{c.model.name} ({c.model.width or 'named'} wide), {c.data.image_size} px, patch {c.model.patch_size}, "
-        f"dtype {c.dtype}, remat {c.model.remat}; train state {rows[counts[0]]['state_total'] / GIB:.2f} GiB in all\n")
+        f"dtype {c.dtype}, remat {c.model.remat}; train state {_fmt(rows[counts[0]]['state_total'])} in all\n")
   print(table(rows))
 
 
