@@ -185,10 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         pending.append(m)
         done = step + 1
         if done % config.log_every == 0 or done == stop:
-          seconds = timer.lap()
           # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
           # 'loss_window' averages the steps since the previous log line of this invocation.
           row = {k: float(v) for k, v in pending[-1].items() if k not in ("skipped_images", "nonfinite")}
+          seconds = timer.lap()  # after float(): the steps (dispatched asynchronously) have finished
           skipped += sum(float(x["skipped_images"]) for x in pending)
           bad = [done - len(pending) + 1 + i for i, x in enumerate(pending) if int(x["nonfinite"])]
           nonfinite += len(bad)
