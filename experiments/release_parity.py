@@ -1,4 +1,4 @@
-"""Parity with the PyTorch release (facebookresearch/ijepa): predictor outputs and one full train step.
+"""Parity with the PyTorch release (facebookresearch/ijepa): predictor, one full train step, the convert CLI.
 
   python experiments/release_parity.py --release=/path/to/ijepa [--out=experiments/results/release_parity.md]
 
@@ -15,7 +15,12 @@ converter, and compared on
     ijepa_jax.step's pieces under jax.value_and_grad; torch's .grad tensors are mapped into our tree by
     the converter itself, so a layout mistake there shows up as a gradient mismatch,
   * the loss and global gradient norm reported by our jitted make_train_step (uint8 images, normalised
-    on device), which checks the wiring of the real step rather than a re-assembly of its pieces.
+    on device), which checks the wiring of the real step rather than a re-assembly of its pieces,
+  * the command lines a user runs (issue 3's done-criterion): `python -m ijepa_jax.convert --torch=...`
+    on the saved release checkpoint (the demo config plus `--config.KEY=VALUE` overrides for the
+    release model), then `python -m ijepa_jax.extract --pool=none` (default --encoder=target) on the
+    normalised float32 images, against the release's target_encoder on the same images; run as
+    subprocesses, so flag parsing, config.json, the orbax checkpoint and train.load are all in the path.
 Each comparison is max|ours - theirs| / max|theirs| over the tensor; all must be <= 1e-5 (fp32).
 
 The release is CC BY-NC 4.0: it is imported at run time from --release and nothing of it is copied
@@ -65,13 +70,20 @@ def rel_err(ours, theirs) -> float:
 
 
 # ============================================================================ configs
-def our_config(size: dict):
-  """The demo config (configs/fashion_mnist.py) reshaped to the release model built for `size`."""
+DEMO_CONFIG = os.path.join(REPO, "configs", "fashion_mnist.py")
+
+
+def demo_config():
   import importlib.util
-  spec = importlib.util.spec_from_file_location("fashion_mnist", os.path.join(REPO, "configs", "fashion_mnist.py"))
+  spec = importlib.util.spec_from_file_location("fashion_mnist", DEMO_CONFIG)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config()
+  return module.get_config()
+
+
+def our_config(size: dict):
+  """The demo config (configs/fashion_mnist.py) reshaped to the release model built for `size`."""
+  c = demo_config()
   c.dtype = "float32"
   c.loss = "smooth_l1"
   c.batch_size = size["batch"]
@@ -86,6 +98,39 @@ def our_config(size: dict):
   c.mask.mode, c.mask.min_keep, c.mask.reference_batch = size["mask_mode"], 4, size["batch"]
   c.probe.enabled = False
   return c
+
+
+def config_overrides(config) -> list[str]:
+  """The `--config.KEY=VALUE` flags that turn configs/fashion_mnist.py into `config` (what differs)."""
+  from flax import traverse_util
+  base = traverse_util.flatten_dict(demo_config().to_dict(), sep=".")
+  ours = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  if set(base) != set(ours):
+    raise RuntimeError(f"config keys differ from the demo config's: {sorted(set(base) ^ set(ours))}")
+
+  def text(v):
+    if isinstance(v, (tuple, list)):
+      return "(" + ",".join(repr(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    return repr(v) if isinstance(v, float) else str(v)
+
+  return [f"--config.{k}={text(v)}" for k, v in sorted(ours.items()) if v != base[k]]
+
+
+def cli_features(config, checkpoint: str, images: np.ndarray, workdir: str, name: str) -> np.ndarray:
+  """Tokens [N, T, D] of the converted target encoder, through the convert and extract CLIs."""
+  out_dir = os.path.join(workdir, f"{name}-converted")
+  images_path = os.path.join(workdir, f"{name}-images.npy")
+  features_path = os.path.join(workdir, f"{name}-features.npy")
+  np.save(images_path, images)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p))
+  for cmd in ([sys.executable, "-m", "ijepa_jax.convert", f"--torch={checkpoint}", f"--config={DEMO_CONFIG}",
+               f"--out={out_dir}", *config_overrides(config)],
+              [sys.executable, "-m", "ijepa_jax.extract", f"--checkpoint={out_dir}", f"--images={images_path}",
+               f"--out={features_path}", "--pool=none"]):
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+      raise RuntimeError(f"{' '.join(cmd[1:4])} ... exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+  return np.load(features_path)
 
 
 # ============================================================================ the release's side
@@ -231,6 +276,9 @@ def run_size(size: dict, release_modules, workdir: str, seed: int = 0):
   rows.append(("target encoder output, full image", rel_err(apply_enc({"params": target_p}, images), full_t)))
   rows.append(("context encoder output, context tokens",
                rel_err(apply_enc({"params": enc_p}, images, ctx_idx), ctx_t)))
+  # The same target encoder through the user's path: convert CLI -> workdir -> extract CLI.
+  rows.append(("CLIs: convert --torch, then extract (target) vs release target_encoder",
+               rel_err(cli_features(config, path, images, workdir, size["name"]), full_t)))
 
   # (a) Predictor on a random context (std 1: larger than encoder outputs, so errors are not hidden).
   context = rng.standard_normal((b, ctx_idx.shape[1], size["width"])).astype(np.float32)
@@ -318,7 +366,7 @@ def file_hashes(path: str) -> list[tuple[str, str]]:
 
 
 def write_markdown(out, results, header, argv) -> None:
-  lines = ["# Parity with the PyTorch release: predictor and one full training step", ""]
+  lines = ["# Parity with the PyTorch release: encoders, predictor, one full training step, convert + extract CLIs", ""]
   lines += [f"- {k}: {v}" for k, v in header]
   lines += [f"- command: `python experiments/release_parity.py {' '.join(argv)}`", "",
             f"Relative error = max|ours - release| / max|release| over the tensor; pass if <= {RTOL:g} (fp32).",

@@ -69,15 +69,17 @@ def test_targets_are_rectangles_of_the_drawn_size():
 def test_release_never_covers_last_row_and_column_uniform_does():
   def coverage(mode):
     s = MultiBlockSampler(grid=8, mode=mode, min_keep=4).resolved()
-    hits = np.zeros(64)
+    targets, context = np.zeros(64), np.zeros(64)
     rng = np.random.default_rng(0)
     for _ in range(100):
       out = s(rng, 32)
-      np.add.at(hits, out["target_idx"].ravel(), 1)
-    return hits.reshape(8, 8)
-  rel, uni = coverage("release"), coverage("uniform")
-  assert rel[-1].sum() == 0 and rel[:, -1].sum() == 0
-  assert uni[-1].sum() > 0 and uni[:, -1].sum() > 0
+      np.add.at(targets, out["target_idx"].ravel(), 1)
+      np.add.at(context, out["context_idx"].ravel(), 1)
+    return targets.reshape(8, 8), context.reshape(8, 8)
+  for rel in coverage("release"):
+    assert rel[-1].sum() == 0 and rel[:, -1].sum() == 0
+  for uni in coverage("uniform"):
+    assert uni[-1].sum() > 0 and uni[:, -1].sum() > 0
 
 
 def test_mean_target_block_size_matches_analytic():
@@ -90,6 +92,34 @@ def test_mean_target_block_size_matches_analytic():
   grid_u = np.linspace(0, 1, 20001)
   analytic = np.mean([np.prod(s._block_size(u, s.target_scale, s.target_aspect)) for u in grid_u])
   assert abs(np.mean(areas) - analytic) < 0.05 * analytic
+
+
+def _release_block(u, grid, scale=(0.15, 0.2), aspect=(0.75, 1.5)):
+  """The release's _sample_block_size (REFERENCE.md), written out independently of ijepa_jax.masks
+  (the clamp to grid - 1 never binds for these scales on a 16x16 grid, so both modes share it)."""
+  max_keep = int(grid * grid * (scale[0] + u * (scale[1] - scale[0])))
+  ar = aspect[0] + u * (aspect[1] - aspect[0])
+  h, w = int(round(np.sqrt(max_keep * ar))), int(round(np.sqrt(max_keep / ar)))
+  return min(h, grid - 1), min(w, grid - 1)
+
+
+@pytest.mark.parametrize("mode", ["release", "uniform"])
+def test_sampled_block_extents_match_analytic(mode):
+  # One block size per batch: many small batches. The bounding box of the kept tokens is the block's
+  # extent (a larger block keeps 35 of its tokens: losing a whole edge row or column is ~0.1% likely).
+  s = MultiBlockSampler(grid=16, mode=mode).resolved()
+  rng = np.random.default_rng(0)
+  hs, ws = [], []
+  for _ in range(400):
+    r, c = np.divmod(s(rng, 2)["target_idx"], 16)
+    hs.append(np.ptp(r, -1).max() + 1)
+    ws.append(np.ptp(c, -1).max() + 1)
+  analytic = np.array([_release_block(u, 16) for u in np.linspace(0, 1, 20001)], float)
+  hs, ws = np.array(hs, float), np.array(ws, float)
+  assert abs(hs.mean() - analytic[:, 0].mean()) < 0.03 * analytic[:, 0].mean()
+  assert abs(ws.mean() - analytic[:, 1].mean()) < 0.03 * analytic[:, 1].mean()
+  area = np.prod(analytic, 1).mean()
+  assert abs((hs * ws).mean() - area) < 0.03 * area
 
 
 def test_impossible_settings_are_clear_errors_not_hangs():

@@ -37,3 +37,4 @@ def test_release_parity(tmp_path):
   assert "FAIL" not in proc.stdout
   text = out.read_text()
   assert "result: all pass" in text and "predictor output" in text and "gradients" in text
+  assert text.count("CLIs: convert --torch, then extract (target)") == 2   # one row per size
