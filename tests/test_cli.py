@@ -1,6 +1,7 @@
 """The CLI end to end on tiny real data, and its answers to bad input."""
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -84,12 +85,16 @@ def test_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint
           "--config.checkpoint_every=4", "--config.probe.enabled=False"]
   assert _main(*args, "--config.run_steps=4").returncode == 0
   full = subprocess.run([sys.executable, "-m", "ijepa_jax.main", *args], capture_output=True, text=True, cwd=REPO,
-                        timeout=600, preexec_fn=_file_size_limit(60_000))   # checkpoint files are larger
+                        timeout=600, preexec_fn=_file_size_limit(40_000))   # Orbax metadata files are larger
   assert full.returncode == 1
   errors = [line for line in full.stderr.splitlines() if line.startswith("error: ")]  # Orbax logs its own traceback
   assert len(errors) == 1 and errors[0].startswith("error: could not write a checkpoint"), full.stderr[-3000:]
-  assert "newest complete checkpoint is step 4" in errors[0] and "Free disk space" in errors[0]
-  assert sorted(n for n in os.listdir(tmp_path / "checkpoints") if n.isdigit()) == ["4"]
-  again = _main(*args)                              # space again: continues from step 4
+  assert "Free disk space" in errors[0]
+  # Which saves fail depends on how Orbax packs arrays into files (timing), so the message must name
+  # whichever checkpoint is the newest complete one, and that one must be what the re-run resumes from.
+  intact = int(re.search(r"newest complete checkpoint is step (\d+)", errors[0]).group(1))
+  saved = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+  assert intact in (4, 8) and saved[-1] == intact and 4 in saved       # step 12 was never completed
+  again = _main(*args)                              # space again: continues from the intact checkpoint
   assert again.returncode == 0, again.stderr[-2000:]
-  assert "Resumed from" in again.stdout and "(step 4)" in again.stdout and "Finished at step 12" in again.stdout
+  assert f"(step {intact})" in again.stdout and "Resumed from" in again.stdout and "Finished at step 12" in again.stdout
