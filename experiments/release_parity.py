@@ -137,8 +137,9 @@ def cli_features(config, checkpoint: str, images: np.ndarray, workdir: str, name
 def release_models(torch, vit, helper, size: dict, seed: int):
   """(encoder, predictor, target_encoder, optimizer) of the release with its own init, fp32.
 
-  The encoder gets the keyword arguments the release's vit_* factories pass (mlp_ratio 4, qkv bias,
-  LayerNorm eps 1e-6), the predictor comes from its vit_predictor factory, and init_model's re-init
+  The encoder gets the keyword arguments the release's vit_* factories pass (mlp_ratio 4, or
+  size['mlp_ratio'] for other shapes, qkv bias, LayerNorm eps 1e-6), the predictor comes from its
+  vit_predictor factory, and init_model's re-init
   (trunc_normal_ std 0.02 on every Linear, LayerNorm 1/0) is applied with the release's trunc_normal_.
   Biases and LayerNorm affines are then randomised (the init leaves them 0 and 1, which would hide a
   swapped or transposed bias/scale), and the target encoder is a perturbed copy so that using the
@@ -150,7 +151,8 @@ def release_models(torch, vit, helper, size: dict, seed: int):
   norm = functools.partial(torch.nn.LayerNorm, eps=1e-6)
   encoder = vit.VisionTransformer(
       img_size=[size["image"]], patch_size=size["patch"], in_chans=size["channels"], embed_dim=size["width"],
-      depth=size["depth"], num_heads=size["heads"], mlp_ratio=4, qkv_bias=True, norm_layer=norm)
+      depth=size["depth"], num_heads=size["heads"], mlp_ratio=size.get("mlp_ratio", 4), qkv_bias=True,
+      norm_layer=norm)
   predictor = vit.vit_predictor(
       num_patches=encoder.patch_embed.num_patches, embed_dim=encoder.embed_dim,
       predictor_embed_dim=size["pred_width"], depth=size["pred_depth"], num_heads=size["pred_heads"])
@@ -169,7 +171,8 @@ def release_models(torch, vit, helper, size: dict, seed: int):
           p.add_(0.2 * torch.randn_like(p))
   target = vit.VisionTransformer(
       img_size=[size["image"]], patch_size=size["patch"], in_chans=size["channels"], embed_dim=size["width"],
-      depth=size["depth"], num_heads=size["heads"], mlp_ratio=4, qkv_bias=True, norm_layer=norm)
+      depth=size["depth"], num_heads=size["heads"], mlp_ratio=size.get("mlp_ratio", 4), qkv_bias=True,
+      norm_layer=norm)
   target.load_state_dict(encoder.state_dict())
   with torch.no_grad():
     for p in target.parameters():

@@ -1,0 +1,45 @@
+"""experiments/benchmark.py on a tiny config: it runs, compiles once, and its FLOP count agrees with XLA's."""
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+TINY = ["--config=configs/fashion_mnist.py", "--config.batch_size=16", "--config.data.image_size=16",
+        "--config.model.patch_size=2", "--config.model.width=32", "--config.model.depth=1",
+        "--config.model.num_heads=2", "--config.model.mlp_dim=64", "--config.model.predictor_width=16",
+        "--config.model.predictor_depth=1", "--config.model.predictor_heads=2", "--config.mask.reference_batch=16"]
+
+
+def _bench(*args):
+  return subprocess.run([sys.executable, "experiments/benchmark.py", *args], capture_output=True, text=True,
+                        cwd=REPO, timeout=300)
+
+
+def _row(text: str, name: str) -> str:
+  match = re.search(rf"^\| {re.escape(name)} \| ([^|]+) \|$", text, re.MULTILINE)
+  assert match, f"no row {name!r} in:\n{text}"
+  return match.group(1).strip()
+
+
+def test_tiny_benchmark_writes_results(tmp_path):
+  out = tmp_path / "benchmarks.md"
+  proc = _bench(*TINY, "--steps=3", "--pipeline_batches=3", "--peak_tflops=0.1", f"--out={out}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  text = proc.stdout
+  assert float(_row(text, "images/s")) > 0
+  assert _row(text, "compilations (train_step._cache_size())") == "1"
+  analytic = float(_row(text, "analytic FLOPs per image"))
+  xla = float(_row(text, "XLA cost_analysis FLOPs per image (whole step / batch)"))
+  assert 0.5 < xla / analytic < 2.0, (analytic, xla)
+  assert _row(text, "MFU").endswith("%")
+  assert "mask sets/s" in text and "grain pipeline" in text
+  written = out.read_text()
+  assert written.startswith("# Benchmarks") and "images/s" in written
+  assert "--steps=3" in written                     # the exact command is recorded
+
+
+def test_peak_flags_conflict_is_one_line():
+  proc = _bench(*TINY, "--peak_tflops=1", "--measure_peak")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith("error: give --peak_tflops or --measure_peak, not both.")
