@@ -27,7 +27,6 @@ import datetime
 import importlib.util
 import logging
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -126,15 +125,6 @@ class Stats:
 
   def extent_map(self):
     return (self.extent_hits / max(self.images, 1)).reshape(self.grid, self.grid)
-
-
-def machine() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "?")
-  except (OSError, subprocess.CalledProcessError):
-    model = platform.processor() or "?"
-  return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
 
 
 def load_config(name: str):
@@ -418,6 +408,8 @@ def main(argv=None) -> int:
 
   date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip() or \
       datetime.datetime.now(datetime.timezone.utc).isoformat()
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from release_parity import machine  # pylint: disable=g-import-not-at-top
   header = [("date", date), ("machine", machine()),
             ("samples", f"{args.batches} batches per sampler and setting, seeds fixed (ours: per-batch "
                         "generators as the data pipeline; release: torch.manual_seed(0), its own batch counter)")]
