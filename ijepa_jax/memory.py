@@ -114,7 +114,8 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   c = config
-  print(f"\n{c.model.name} ({c.model.width or 'named'} wide), {c.data.image_size} px, patch {c.model.patch_size}, "
+  width = f" ({c.model.width} wide)" if c.model.width > 0 else ""
+  print(f"\n{c.model.name}{width}, {c.data.image_size} px, patch {c.model.patch_size}, "
         f"dtype {c.dtype}, remat {c.model.remat}; train state {_fmt(rows[counts[0]]['state_total'])} in all\n")
   print(table(rows))
 
