@@ -4,8 +4,9 @@ Command (what `make demo` runs):
   python -m ijepa_jax.main --config=configs/fashion_mnist.py --workdir=workdir/fashion_mnist
 Expected result: README "Demo results" (measured 2026-11-23 on 2 cores): the table of linear, 1%-label
 and k-NN probes of the target encoder next to the same encoder at random init and raw pixels, in
-eval.md / eval.json, plus training_curves.png, mask_examples.png and probe_results.png. About 8
-minutes of pretraining (~340 images/s) and ~5 of probing when the run has the machine to itself.
+eval.md / eval.json, plus training_curves.png, mask_examples.png and probe_results.png. About 8.5
+minutes of pretraining (~340 images/s) and ~6 of feature extraction and probes when the run has the
+machine to itself.
 
 Design (tuning log: experiments/README.md):
 - Images are upsampled 28 -> 112 px with 16x16 patches: still a 7x7 grid (the transformer's cost is

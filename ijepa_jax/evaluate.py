@@ -49,7 +49,7 @@ def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None)
     if params is None:
       continue
     # The last 4 blocks' pooled outputs, concatenated; the final quarter is the last layer's output.
-    pair = [_cached(cache_dir and os.path.join(cache_dir, f"{tag}_{split}_{len(imgs)}.npy"),
+    pair = [_cached(cache_dir and os.path.join(cache_dir, f"{tag}_{split}_{len(imgs)}x{d.image_size}.npy"),
                     lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
                                                        layers="last4"))
             for split, imgs in (("train", train_images), ("test", test_images))]

@@ -46,7 +46,7 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
   rules = sharding.rules(config)
 
   def init_state(rng):
-    k_enc, k_pred = jax.random.split(rng)
+    k_enc, k_pred = _init_keys(rng)
     images = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
     ctx_idx = jnp.zeros((1, sampler.num_context), jnp.int32)
     tgt_idx = jnp.zeros((1, sampler.num_targets, sampler.num_target), jnp.int32)
@@ -57,7 +57,7 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, target=params["encoder"],
                       opt_state=tx.init(params))
 
-  rng = jax.random.key(config.seed)  # initial_encoder_params below repeats this derivation
+  rng = jax.random.key(config.seed)
   boxed = jax.eval_shape(init_state, rng)
   state_shardings = sharding.logical_shardings(boxed, mesh, rules)
   abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -73,9 +73,14 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
   return encoder, abstract_state, (lambda: init(rng)), train_step
 
 
+def _init_keys(rng):
+  """(encoder key, predictor key): one derivation for a run's init and its random-init baseline."""
+  return jax.random.split(rng)
+
+
 def initial_encoder_params(config, encoder):
   """The encoder's parameters at step 0 of a run with this config (the random-init baseline)."""
-  k_enc, _ = jax.random.split(jax.random.key(config.seed))
+  k_enc, _ = _init_keys(jax.random.key(config.seed))
   d = config.data
   images = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
   return nn.unbox(jax.jit(encoder.init)(k_enc, images)["params"])
