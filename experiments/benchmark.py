@@ -61,6 +61,9 @@ _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 30,
 _TORCH_THREADS = flags.DEFINE_list(
     "torch_threads", None, "torch thread counts for the release's step (default: torch's default, and 1 if that "
     "is more: on a busy machine a team of spinning threads can be far slower than one).")
+_HOST_ONLY = flags.DEFINE_bool(
+    "host_only", False, "Only the host side (our mask sampler, the grain pipeline, the release's collator): no "
+    "train step is built, so it runs for configs too large for this machine, e.g. vit_h14's mask settings.")
 _NOTE = flags.DEFINE_string("note", "", "A remark recorded with the results (e.g. what else ran on the machine).")
 _OUT = flags.DEFINE_string("out", DEFAULT_OUT, "Markdown file the results section is appended to.")
 flags.mark_flags_as_required(["config"])
@@ -255,27 +258,35 @@ def release_collator_settings(config, sampler) -> tuple[dict, str | None]:
   return kwargs, None
 
 
-def bench_release(config, sampler, reference: str, steps: int, warmup: int, thread_counts) -> dict:
-  import torch
+def bench_release_collator(config, sampler, reference: str) -> dict:
+  """The release's MaskCollator on our config's settings: mask sets/s (or why it cannot run them)."""
   sys.path.insert(0, reference)
   import logging as py_logging
+  from src.masks.multiblock import MaskCollator  # the release's package 'src', from --reference
+  py_logging.getLogger().setLevel(py_logging.WARNING)  # the release logs at INFO on the root logger
+  kwargs, problem = release_collator_settings(config, sampler)
+  if problem:
+    return dict(skipped=problem)
+  collator = MaskCollator(**kwargs)
+  items = [0] * config.batch_size  # the collator also collates the batch it is given: a trivial one
+  times = spread(time_calls(lambda: collator(items)))
+  return dict(collator=times, collator_rate=config.batch_size / times["median"], collator_kwargs=kwargs,
+              collator_fn=collator, items=items)
+
+
+def bench_release(config, sampler, reference: str, steps: int, warmup: int, thread_counts) -> dict:
+  coll = bench_release_collator(config, sampler, reference)  # puts --reference on sys.path
+  if "skipped" in coll:
+    return coll
+  b, collator, items = config.batch_size, coll.pop("collator_fn"), coll.pop("items")
+  import torch
   import torch.nn.functional as F
   import release_parity as rp   # experiments/: the release's models and step, built at run time
   import src.helper as helper   # the release's package 'src', from --reference
   import src.models.vision_transformer as vit
-  from src.masks.multiblock import MaskCollator
   from src.masks.utils import apply_masks
   from src.utils.logging import grad_logger
   from src.utils.tensors import repeat_interleave_batch
-  py_logging.getLogger().setLevel(py_logging.WARNING)  # the release logs at INFO on the root logger
-
-  kwargs, problem = release_collator_settings(config, sampler)
-  if problem:
-    return dict(skipped=problem)
-  b = config.batch_size
-  collator = MaskCollator(**kwargs)
-  items = [0] * b   # the collator also collates the batch it is given: a trivial one, to time the masks
-  coll_times = spread(time_calls(lambda: collator(items)))
 
   m = config.model
   from ijepa_jax.models import make_models
@@ -336,8 +347,7 @@ def bench_release(config, sampler, reference: str, steps: int, warmup: int, thre
     by_threads[int(threads)] = spread(times)
   torch.set_num_threads(default_threads)
   best = min(by_threads, key=lambda k: by_threads[k]["median"])
-  return dict(collator=coll_times, collator_rate=b / coll_times["median"], collator_kwargs=kwargs,
-              mlp_ratio=size["mlp_ratio"], by_threads=by_threads, best_threads=best, times=by_threads[best],
+  return dict(**coll, mlp_ratio=size["mlp_ratio"], by_threads=by_threads, best_threads=best, times=by_threads[best],
               default_threads=default_threads, torch=torch.__version__, context_len=ctx_len, target_len=tgt_len,
               loss=loss)
 
@@ -366,9 +376,6 @@ def utc_date() -> str:
 def markdown(r: dict) -> str:
   c, ours, flops = r["config"], r["ours"], r["flops"]
   b = c.batch_size
-  step_s = ours["times"]["median"]
-  ours_rate = b / step_s
-  achieved = flops["total"] * b / step_s
   lines = [f"## {r['date']}: {r['config_path']}, batch {b}", "",
            f"- machine: {r['machine']}; load average (1/5/15 min) {r['load_before']} before, "
            f"{r['load_after']} after",
@@ -379,8 +386,22 @@ def markdown(r: dict) -> str:
   lines += [f"- model: {c.data.image_size} px, patch {c.model.patch_size}, {c.data.channels} channel(s), "
             f"{r['grid']}x{r['grid']} grid; encoder {r['enc']}, predictor {r['pred']}; dtype {c.dtype}",
             f"- masks ({c.mask.mode} mode, min_keep {c.mask.min_keep}): {r['num_context']} context tokens, "
-            f"{r['num_targets']} targets x {r['num_target']} tokens",
-            "", "### Our train step (JAX, `ijepa_jax.train.build`)", "",
+            f"{r['num_targets']} targets x {r['num_target']} tokens"]
+  if ours is not None:
+    lines += _step_rows(r)
+  lines += _host_rows(r)
+  lines.append("")
+  return "\n".join(lines) + "\n"
+
+
+def _step_rows(r: dict) -> list[str]:
+  """Our step's section, and the release's step beside it when it ran."""
+  c, ours, flops = r["config"], r["ours"], r["flops"]
+  b = c.batch_size
+  step_s = ours["times"]["median"]
+  ours_rate = b / step_s
+  achieved = flops["total"] * b / step_s
+  lines = ["", "### Our train step (JAX, `ijepa_jax.train.build`)", "",
             "| quantity | value |", "|---|---|",
             f"| devices / mesh | {ours['devices']} / {ours['mesh']} |",
             f"| lower + compile | {ours['lower_s'] + ours['compile_s']:.2f} s (lower {ours['lower_s']:.2f} s, "
@@ -403,28 +424,13 @@ def markdown(r: dict) -> str:
               f"| MFU | {100 * achieved / peak['flops_per_s']:.1f}% |"]
   else:
     lines.append("| MFU | not computed: give --peak_tflops or --measure_peak |")
-  host = r["host"]
-  lines += ["", "### Host pipeline (this process)", "", "| quantity | value |", "|---|---|",
-            f"| our mask sampler (numpy, one thread), batch {b} | {host['sampler_rate']:.0f} mask sets/s "
-            f"({fmt_ms(host['sampler'])} per batch) |"]
-  if "pipeline_rate" in host:
-    lines.append(f"| grain pipeline (`make_pretrain_dataset`: read, crop, masks), {host['pipeline_batches']} "
-                 f"batches after 3 excluded | {host['pipeline_rate']:.0f} images/s "
-                 f"(num_workers {host['pipeline_workers']}, prefetch buffer {host['pipeline_prefetch']} batches; "
-                 f"start-up {host['pipeline_startup_s']:.2f} s) |")
-  else:
-    lines.append(f"| grain pipeline | not measured: {host['pipeline_error']} |")
   rel = r.get("release")
-  if rel is not None and "skipped" in rel:
-    lines += ["", f"Release: not run: {rel['skipped']}."]
-  elif rel is not None:
-    kw = rel["collator_kwargs"]
-    lines.append(f"| release MaskCollator (single process), batch {b} | {rel['collator_rate']:.0f} mask sets/s "
-                 f"({fmt_ms(rel['collator'])} per batch) |")
-    lines.append(f"| our sampler / release collator | {host['sampler_rate'] / rel['collator_rate']:.1f}x |")
-    rel_rate = b / rel["times"]["median"]
-    rel_flops = r["release_flops"]["total"]
-    lines += ["", "### The release's train step (PyTorch, fp32 CPU, single process)", "",
+  if rel is None or "times" not in rel:
+    return lines
+  kw = rel["collator_kwargs"]
+  rel_rate = b / rel["times"]["median"]
+  rel_flops = r["release_flops"]["total"]
+  lines += ["", "### The release's train step (PyTorch, fp32 CPU, single process)", "",
               f"src/train.py's sequence per step: lr and wd schedulers, target encoder under no_grad + "
               f"F.layer_norm + apply_masks, context encoder, predictor, smooth-L1, backward, AdamW step, "
               f"grad_logger, zero_grad, EMA update; its VisionTransformer / VisionTransformerPredictor with the "
@@ -434,22 +440,43 @@ def markdown(r: dict) -> str:
               f"before timing; its lengths vary per batch (truncated to the batch's shortest): mean "
               f"{rel['context_len']:.1f} context and {rel['target_len']:.1f} target tokens here.", "",
               "| quantity | value |", "|---|---|"]
-    for threads, st in rel["by_threads"].items():
-      default = " (torch's default, torch.get_num_threads())" if threads == rel["default_threads"] else ""
-      lines += [f"| step time, {threads} torch thread(s){default}, median (spread) | {fmt_ms(st)} |",
-                f"| images/s, {threads} torch thread(s) | {b / st['median']:.1f} |",
-                f"| ours / release, images/s, {threads} torch thread(s) | {ours_rate * st['median'] / b:.2f}x |"]
-    lines += [f"| release's fastest: {rel['best_threads']} torch thread(s) | {rel_rate:.1f} images/s |",
-              f"| analytic FLOPs per image at its mean mask lengths | {eng(rel_flops)} |",
-              f"| achieved (fastest) | {rel_flops * b / rel['times']['median'] / 1e9:.2f} GFLOP/s |"]
-    if peak is not None:
-      lines.append(f"| MFU | {100 * rel_flops * b / rel['times']['median'] / peak['flops_per_s']:.1f}% |")
-    lines.append(f"| **ours / release's fastest, images/s** | **{ours_rate / rel_rate:.2f}x** |")
-    # Its masks differ in length from ours (see above), so images/s compares different amounts of work.
-    lines.append(f"| ours / release's fastest, achieved FLOP/s (work per image normalised) | "
-                 f"{achieved / (rel_flops * b / rel['times']['median']):.2f}x |")
-  lines.append("")
-  return "\n".join(lines) + "\n"
+  for threads, st in rel["by_threads"].items():
+    default = " (torch's default, torch.get_num_threads())" if threads == rel["default_threads"] else ""
+    lines += [f"| step time, {threads} torch thread(s){default}, median (spread) | {fmt_ms(st)} |",
+              f"| images/s, {threads} torch thread(s) | {b / st['median']:.1f} |",
+              f"| ours / release, images/s, {threads} torch thread(s) | {ours_rate * st['median'] / b:.2f}x |"]
+  lines += [f"| release's fastest: {rel['best_threads']} torch thread(s) | {rel_rate:.1f} images/s |",
+            f"| analytic FLOPs per image at its mean mask lengths | {eng(rel_flops)} |",
+            f"| achieved (fastest) | {rel_flops * b / rel['times']['median'] / 1e9:.2f} GFLOP/s |"]
+  if peak is not None:
+    lines.append(f"| MFU | {100 * rel_flops * b / rel['times']['median'] / peak['flops_per_s']:.1f}% |")
+  lines.append(f"| **ours / release's fastest, images/s** | **{ours_rate / rel_rate:.2f}x** |")
+  # Its masks differ in length from ours (see above), so images/s compares different amounts of work.
+  lines.append(f"| ours / release's fastest, achieved FLOP/s (work per image normalised) | "
+               f"{achieved / (rel_flops * b / rel['times']['median']):.2f}x |")
+  return lines
+
+
+def _host_rows(r: dict) -> list[str]:
+  """The mask sampler and the grain pipeline, and the release's collator on the same settings."""
+  b, host, rel = r["config"].batch_size, r["host"], r.get("release")
+  lines = ["", "### Host pipeline (this process)", "", "| quantity | value |", "|---|---|",
+           f"| our mask sampler (numpy, one thread), batch {b} | {host['sampler_rate']:.0f} mask sets/s "
+           f"({fmt_ms(host['sampler'])} per batch) |"]
+  if "pipeline_rate" in host:
+    lines.append(f"| grain pipeline (`make_pretrain_dataset`: read, crop, masks), {host['pipeline_batches']} "
+                 f"batches after 3 excluded | {host['pipeline_rate']:.0f} images/s "
+                 f"(num_workers {host['pipeline_workers']}, prefetch buffer {host['pipeline_prefetch']} batches; "
+                 f"start-up {host['pipeline_startup_s']:.2f} s) |")
+  else:
+    lines.append(f"| grain pipeline | not measured: {host['pipeline_error']} |")
+  if rel is not None and "skipped" in rel:
+    lines += ["", f"Release: not run: {rel['skipped']}."]
+  elif rel is not None:
+    lines.append(f"| release MaskCollator (single process), batch {b} | {rel['collator_rate']:.0f} mask sets/s "
+                 f"({fmt_ms(rel['collator'])} per batch) |")
+    lines.append(f"| our sampler / release collator | {host['sampler_rate'] / rel['collator_rate']:.1f}x |")
+  return lines
 
 
 def append(out: str, text: str) -> None:
@@ -498,11 +525,14 @@ def main(argv):
     flops = config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)
     say(f"benchmark: {grid}x{grid} grid, batch {config.batch_size}, {sampler.num_context} context tokens, "
         f"{sampler.num_targets} x {sampler.num_target} target tokens; analytic {eng(flops['total'])} FLOPs/image")
-    ours = bench_ours(config, sampler, _STEPS.value, _WARMUP.value)
-    say(f"ours: compile {ours['lower_s'] + ours['compile_s']:.2f} s, step {fmt_ms(ours['times'])}, "
-        f"{config.batch_size / ours['times']['median']:.1f} images/s, {ours['compiles']} compilation(s)")
-    peak = None
-    if _MEASURE_PEAK.value:
+    ours, peak = None, None
+    if not _HOST_ONLY.value:
+      ours = bench_ours(config, sampler, _STEPS.value, _WARMUP.value)
+      say(f"ours: compile {ours['lower_s'] + ours['compile_s']:.2f} s, step {fmt_ms(ours['times'])}, "
+          f"{config.batch_size / ours['times']['median']:.1f} images/s, {ours['compiles']} compilation(s)")
+    if _HOST_ONLY.value:
+      pass
+    elif _MEASURE_PEAK.value:
       p = measure_peak(_PEAK_SIZE.value)
       peak = dict(flops_per_s=p["flops_per_s"],
                   what=f"measured: jitted fp32 {p['n']}x{p['n']} matmul, median of {p['times']['n']}, "
@@ -514,10 +544,15 @@ def main(argv):
     say(f"host: sampler {host['sampler_rate']:.0f} mask sets/s"
         + (f", grain pipeline {host['pipeline_rate']:.0f} images/s" if "pipeline_rate" in host else ""))
     release, release_flops, torch_version = None, None, None
-    if reference:
+    if reference and _HOST_ONLY.value:
+      release = bench_release_collator(config, sampler, reference)
+      release.pop("collator_fn", None), release.pop("items", None)
+      if "skipped" not in release:
+        say(f"release: collator {release['collator_rate']:.0f} mask sets/s")
+    elif reference:
       release = bench_release(config, sampler, reference, _STEPS.value, _WARMUP.value,
                               [int(t) for t in _TORCH_THREADS.value or []])
-      if "skipped" not in release:
+      if "skipped" not in release and "times" in release:
         torch_version = release["torch"]
         release_flops = config_flops(config, int(round(release["context_len"])), sampler.num_targets,
                                      int(round(release["target_len"])))

@@ -29,6 +29,7 @@ never a hang.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -111,7 +112,7 @@ class MultiBlockSampler:
       raise ConfigError(f"mask.num_context={num_context} is below mask.min_keep={self.min_keep}.")
     return dataclasses.replace(self, num_context=int(num_context))
 
-  @property
+  @functools.cached_property  # computed once: it scans 2001 draws, far more than sampling a batch costs
   def num_target(self) -> int:
     """Tokens per target block: the smallest area the scale/aspect range can produce."""
     return min(h * w for h, w in self._sizes(self.target_scale, self.target_aspect))

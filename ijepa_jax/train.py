@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import flax.linen as nn
 import jax
@@ -181,11 +182,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from ijepa_jax import evaluate
     monitor = evaluate.Monitor(config, encoder, mesh)
   timer = metrics.Timer()
-  pending, skipped, nonfinite = [], 0.0, 0
+  pending, skipped, nonfinite, data_wait = [], 0.0, 0, 0.0
   try:
     with preemption.StopRequest(every=config.log_every) as stop_request:
       for step in range(start, stop):
+        # Steps are dispatched asynchronously, so time spent here is time the host could not hand the
+        # device its next batch: near 0 when prefetch keeps ahead, the whole step when data is the limit.
+        t = time.perf_counter()
         batch = next(iterator)
+        data_wait += time.perf_counter() - t
         state, m = run_step(train_step, mesh, config, state, sharding.global_batch(batch, mesh))
         pending.append(m)
         done = step + 1
@@ -200,12 +205,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
                      lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
                      images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped,
-                     nonfinite_steps=nonfinite)
+                     nonfinite_steps=nonfinite, data_wait_ms=1e3 * data_wait / len(pending),
+                     data_wait_fraction=min(data_wait / seconds, 1.0))
           if monitor is not None and done % config.probe.monitor_every == 0:
             row["knn_monitor"] = monitor(state.target)
             timer.lap()  # the probe's time is not training time
           writer.write(done, row)
           writer.progress(done, row, seconds / len(pending))
+          data_wait = 0.0
           if bad and not config.skip_nonfinite_steps:
             raise FloatingPointError(_diverged(bad[0]))
           checkpoint.wait(manager, block=False)  # a failed background save stops the run here

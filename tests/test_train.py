@@ -33,6 +33,43 @@ def test_one_compile_over_twenty_steps_and_loss_decreases(tmp_path):
   assert rows[0]["momentum"] == pytest.approx(0.996) and rows[-1]["momentum"] > rows[0]["momentum"]
 
 
+def test_data_wait_is_logged_and_sees_a_slow_pipeline(tmp_path, monkeypatch):
+  """data_wait_ms is the host's time in next(iterator) per step: small with prefetch, the delay when data
+  is the limit (here a pipeline made to sleep 0.2 s per batch)."""
+  fast = tmp_path / "fast"
+  train.train_and_evaluate(tiny_config(total_steps=8, log_every=4), str(fast))
+  rows = _rows(fast)
+  assert all(0 <= r["data_wait_ms"] and 0 <= r["data_wait_fraction"] <= 1 for r in rows)
+  assert rows[-1]["data_wait_ms"] < 100
+
+  from ijepa_jax import data
+  real = data.make_pretrain_dataset
+
+  class Slow:
+    def __init__(self, dataset):
+      self._it = iter(dataset)
+
+    def __iter__(self):
+      return self
+
+    def __next__(self):
+      import time
+      time.sleep(0.2)
+      return next(self._it)
+
+    def get_state(self):
+      return self._it.get_state()
+
+    def set_state(self, state):
+      self._it.set_state(state)
+
+  monkeypatch.setattr(data, "make_pretrain_dataset", lambda *a, **k: Slow(real(*a, **k)))
+  slow = tmp_path / "slow"
+  train.train_and_evaluate(tiny_config(total_steps=8, log_every=4), str(slow))
+  last = _rows(slow)[-1]
+  assert last["data_wait_ms"] >= 190 and last["data_wait_fraction"] > 0.5, last
+
+
 def test_without_updates_the_loss_does_not_fall(tmp_path):
   """Negative control for the test above: with lr = 0 the same 20 batches give no such drop."""
   c = tiny_config(total_steps=20)
