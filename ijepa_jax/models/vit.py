@@ -105,6 +105,27 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
 # Transformer block
 # --------------------------------------------------------------------------
 
+class _HeadsProjection(nn.Module):
+  """A Dense layer applied with its head axes split out of the kernel.
+
+  Same parameters as nn.Dense ('kernel' [in, out], 'bias' [out]), so checkpoints and the release's
+  weights map one-to-one; the einsum `equation` with `kernel_shape` says how an axis factors ('qkv'
+  output: [3][heads][head_dim], torch's q|k|v head-major; 'proj' input: [heads][head_dim]).
+  """
+
+  in_features: int
+  features: int
+  kernel_names: tuple
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, equation: str, kernel_shape: tuple, bias_shape: tuple) -> jax.Array:
+    kernel = self.param("kernel", _normal(self.kernel_names), (self.in_features, self.features), jnp.float32)
+    bias = self.param("bias", _zeros(self.kernel_names[1:]), (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return jnp.einsum(equation, x, kernel.reshape(kernel_shape)) + bias.reshape(bias_shape)
+
+
 class Attention(nn.Module):
   width: int
   num_heads: int
@@ -113,14 +134,27 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape
-    head_dim = self.width // self.num_heads
-    qkv = dense(3 * self.width, ("embed", "qkv"), ("qkv",), self.dtype, "qkv")(x)
-    # Layout [3][heads][head_dim], matching torch's qkv rows (q|k|v, head-major).
-    qkv = qkv.reshape(b, t, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, hd]
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim ** -0.5)
-    out = out.reshape(b, t, self.width)
-    return dense(self.width, ("heads", "embed"), ("embed",), self.dtype, "proj")(out)
+    h, hd = self.num_heads, self.width // self.num_heads
+    # Heads-major layouts straight out of the projections ([3, B, H, T, hd] and back from [B, H, T, hd]):
+    # on CPU this is ~30% faster fwd + bwd than [B, T, H, hd] through jax.nn.dot_product_attention,
+    # whose einsums make XLA transpose every activation and its gradient.
+    qkv = _HeadsProjection(d, 3 * self.width, ("embed", "qkv"), self.dtype, name="qkv")(
+        x, "btd,dshk->sbhtk", (d, 3, h, hd), (3, 1, h, 1, hd))
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * hd ** -0.5  # release: (q @ k^T) * scale
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+    return _HeadsProjection(self.width, self.width, ("heads", "embed"), self.dtype, name="proj")(
+        out, "bhtk,hkd->btd", (h, hd, self.width), (self.width,))
+
+
+def gelu(x: jax.Array) -> jax.Array:
+  """Exact GELU in torch's form, x/2 (1 + erf(x/sqrt 2)), as the release's nn.GELU computes it.
+
+  jax.nn.gelu(approximate=False) uses erfc, which XLA expands into a piecewise polynomial that costs
+  about 1.4x as much on CPU, fwd + bwd; the two agree to ~1e-6 absolute in float32.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
 
 
 class Mlp(nn.Module):
@@ -132,7 +166,7 @@ class Mlp(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     h = dense(self.mlp_dim, ("embed", "mlp"), ("mlp",), self.dtype, "fc1")(x)
     h = constrain(h, ("act_batch", "act_length", "act_mlp"))
-    h = nn.gelu(h, approximate=False)
+    h = gelu(h)
     return dense(self.width, ("mlp", "embed"), ("embed",), self.dtype, "fc2")(h)
 
 
