@@ -39,6 +39,8 @@ def get_config():
   c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 128, 6, 4, 512
   c.model.predictor_width, c.model.predictor_depth, c.model.predictor_heads = 64, 3, 4
 
+  c.cpu_devices = 2  # two JAX devices on the 2 cores, data-parallel: ~15% faster than one
+
   c.data.source = "fashion_mnist"
   c.data.path = "/usr/share/datasets/fashion-mnist"
   c.data.split, c.data.eval_split = "train", "test"

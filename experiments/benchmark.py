@@ -516,6 +516,8 @@ def main(argv):
   from ijepa_jax.models import make_models
 
   config = _CONFIG.value
+  if config.get("cpu_devices", -1) > 0:  # as main.py does, before a backend starts
+    jax.config.update("jax_num_cpu_devices", int(config.cpu_devices))
   load_before = loadavg()
   try:
     train.check_config(config)

@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
       ema=(0.996, 1.0), b1=0.9, b2=0.999, eps=1e-8,
   ))
 
+  c.cpu_devices = -1             # > 0: run this many JAX devices on the CPU (jax_num_cpu_devices), e.g. 2 on a
+                                 # 2-core machine: two half-batch programs keep both cores busier than one
+                                 # (~15% faster demo step); -1: JAX's default (JAX_NUM_CPU_DEVICES or 1)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # Logical axis -> mesh axes. Parameters: 'embed' is split over fsdp (FSDP); activations: the batch
   # is split over data and fsdp.

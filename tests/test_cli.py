@@ -27,6 +27,7 @@ def test_demo_config_end_to_end(tmp_path):
   proc = _main("--config=configs/fashion_mnist.py", f"--workdir={tmp_path}", *TINY)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "step 4/4" in proc.stdout and "test top-1" in proc.stdout
+  assert "mesh {'data': 2, 'fsdp': 1}" in proc.stdout   # the config's cpu_devices=2: two CPU devices
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [2, 4]
   assert {"step", "loss", "lr", "wd", "momentum", "images_per_sec"} <= set(rows[0])
