@@ -21,12 +21,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_steps = -1            # >= 0 overrides warmup_epochs
   c.loss = "smooth_l1"           # release: smooth_l1; paper: l2
   c.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+  c.grad_accum_steps = 1         # > 1: the step averages gradients over this many micro-batches of the batch
+                                 # (activation memory of one micro-batch; one optimizer and EMA update)
 
   c.model = ml_collections.ConfigDict(dict(
       name="vit_huge", patch_size=14,
       width=-1, depth=-1, num_heads=-1, mlp_dim=-1,       # -1: from the named size
       predictor_width=384, predictor_depth=12, predictor_heads=-1,  # -1: the encoder's heads
-      remat=False,
+      remat="none",            # none | full | dots | dots_no_batch: activations recomputed in backward
   ))
 
   c.data = ml_collections.ConfigDict(dict(

@@ -47,6 +47,7 @@ def report(config, devices, per_device_batch: int | None = None) -> dict:
   if per_device_batch:
     config.batch_size = per_device_batch * sharding.data_parallel_size(mesh)
   train.check_config(config)
+  train.check_accumulation(config, sharding.data_parallel_size(mesh))
   d = config.data
   sampler = MultiBlockSampler.from_config(config.mask, d.image_size // config.model.patch_size)
   _, abstract_state, _, step = train.build(config, mesh, sampler, total_steps=1000, warmup_steps=100)

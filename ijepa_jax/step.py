@@ -4,6 +4,7 @@
   context  = context_encoder(image tokens at context_idx)
   preds    = predictor(context, context_idx, target_idx)           (one sequence per target block)
   loss     = smooth-L1 (release) or L2 (paper) between preds and targets, mean over all elements
+             (optionally accumulated over micro-batches of the batch: grad_accum_steps)
   params  <- AdamW(grad loss);  target <- m * target + (1 - m) * params.encoder   (after the update)
 
 A step whose loss or gradients are not finite is flagged in the metrics ('nonfinite'); with
@@ -57,12 +58,18 @@ def target_features(encoder: nn.Module, target_params, images, target_idx) -> ja
 
 
 def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.GradientTransformation,
-                    momentum: Callable, loss: str, mean, std, skip_nonfinite: bool = False):
-  """Returns train_step(state, batch) -> (state, metrics); jit it with shardings in train.py."""
+                    momentum: Callable, loss: str, mean, std, skip_nonfinite: bool = False,
+                    grad_accum_steps: int = 1):
+  """Returns train_step(state, batch) -> (state, metrics); jit it with shardings in train.py.
 
-  def train_step(state: TrainState, batch: dict):
-    images = normalise(batch["images"], mean, std)
-    context_idx, target_idx = batch["context_idx"], batch["target_idx"]
+  grad_accum_steps > 1 splits the batch into that many micro-batches, each spread over every device
+  (micro-batch j holds rows j, j + k, j + 2k, ... of the batch, so no row moves between devices), and
+  averages their losses and gradients in a scan: activations of one micro-batch at a time, then one
+  AdamW update and one EMA update, as for the whole batch.
+  """
+  k = grad_accum_steps
+
+  def loss_and_grads(state: TrainState, images, context_idx, target_idx):
     targets = target_features(encoder, state.target, images, target_idx)
 
     def loss_fn(params):
@@ -70,7 +77,18 @@ def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.Gradient
       preds = predictor.apply({"params": params["predictor"]}, context, context_idx, target_idx)
       return prediction_loss(preds, targets, loss)
 
-    value, grads = jax.value_and_grad(loss_fn)(state.params)
+    return jax.value_and_grad(loss_fn)(state.params)
+
+  def train_step(state: TrainState, batch: dict):
+    inputs = (normalise(batch["images"], mean, std), batch["context_idx"], batch["target_idx"])
+    if k == 1:
+      value, grads = loss_and_grads(state, *inputs)
+    else:
+      micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), inputs)
+      add = lambda acc, mb: (jax.tree.map(jnp.add, acc, loss_and_grads(state, *mb)), None)
+      zero = (jnp.zeros([], jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
+      value, grads = jax.tree.map(lambda x: x / k, jax.lax.scan(add, zero, micro)[0])
+
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     m = momentum(state.step)

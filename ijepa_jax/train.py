@@ -38,6 +38,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"data.mean/std need {d.channels} values (one per channel).")
 
 
+def check_accumulation(config, dp: int) -> None:
+  """Each micro-batch must split evenly over the data-parallel devices."""
+  k = config.grad_accum_steps
+  if k < 1 or config.batch_size % (dp * k):
+    raise ConfigError(
+        f"grad_accum_steps={k} does not split batch_size={config.batch_size} into micro-batches of a whole "
+        f"number of images per data-parallel device ({dp}): the batch must be a multiple of {dp} x {max(k, 1)}; "
+        f"change --config.grad_accum_steps or --config.batch_size.")
+
+
 # ============================================================================ model + state
 def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_steps: int):
   """Models, optimizer, the abstract sharded TrainState, a born-sharded initializer and the jitted step."""
@@ -67,7 +77,7 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
     init = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)
 
   step_fn = make_train_step(encoder, predictor, tx, optim.momentum_schedule(config.optim, total_steps),
-                            config.loss, d.mean, d.std, config.skip_nonfinite_steps)
+                            config.loss, d.mean, d.std, config.skip_nonfinite_steps, config.grad_accum_steps)
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", "context_idx", "target_idx")}
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -140,6 +150,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.batch_size % dp or config.batch_size % jax.process_count():
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
                       f"(mesh {dict(mesh.shape)}) and {jax.process_count()} processes: change --config.batch_size.")
+  check_accumulation(config, dp)
 
   # -- masks and data
   grid = config.data.image_size // config.model.patch_size

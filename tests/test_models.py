@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from ijepa_jax.errors import ConfigError
 from ijepa_jax.models import (
   VIT_SIZES,
   Predictor,
@@ -292,9 +293,10 @@ def test_bf16_compute(enc_and_vars, pred_and_vars, images):
   assert pout.dtype == jnp.bfloat16 and pout.shape == (2, 2, 3, D)
 
 
-def test_remat_same_output_and_grads(enc_and_vars, images):
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_same_output_and_grads(enc_and_vars, images, policy):
   enc, v = enc_and_vars
-  enc_r = _encoder(remat=True)
+  enc_r = _encoder(remat=policy)
   np.testing.assert_allclose(_apply(enc_r, v, images), _apply(enc, v, images), rtol=1e-6, atol=1e-6)
   loss = lambda m: (lambda p: jnp.sum(m.apply(p, images) ** 2))
   g = jax.jit(jax.grad(loss(enc)))(v)
@@ -333,7 +335,8 @@ def test_make_models_overrides():
   cfg = ConfigDict(dict(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4, mlp_dim=-1,
               predictor_width=16, predictor_depth=1, predictor_heads=-1, remat=True))
   enc, pred = make_models(cfg, 16, 3, jnp.bfloat16)
-  assert (enc.width, enc.depth, enc.num_heads, enc.mlp_dim, enc.remat) == (32, 1, 4, 768, True)
+  assert (enc.width, enc.depth, enc.num_heads, enc.mlp_dim, enc.remat) == (32, 1, 4, 768, "full")  # old bool form
+  assert pred.remat == "full"
   assert enc.dtype == jnp.bfloat16 and enc.grid == 4
   assert (pred.grid, pred.embed_width, pred.width, pred.depth, pred.num_heads) == (4, 32, 16, 1, 4)
 
@@ -353,3 +356,12 @@ def test_make_models_errors(overrides, match):
   cfg.update(overrides)
   with pytest.raises(ValueError, match=match):
     make_models(ConfigDict(cfg), 224, 3, jnp.float32)
+
+
+def test_remat_policy_names():
+  base = dict(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4)
+  for given, policy in [("dots", "dots"), (False, "none"), ("none", "none"), ("True", "full")]:
+    enc, pred = make_models(ConfigDict(dict(base, remat=given)), 16, 3, jnp.float32)
+    assert enc.remat == pred.remat == policy
+  with pytest.raises(ConfigError, match="model.remat='everything' is not one of"):
+    make_models(ConfigDict(dict(base, remat="everything")), 16, 3, jnp.float32)

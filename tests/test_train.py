@@ -102,8 +102,9 @@ MESH_SCRIPT = textwrap.dedent("""
     from ijepa_jax.masks import MultiBlockSampler
     from ijepa_jax import data
     results = {{}}
-    for data_axis, fsdp in [(1, 1), (8, 1), (4, 2), (2, 4), (1, 8)]:
-      c = tiny_config(batch_size=16)
+    for data_axis, fsdp, accum in [(1, 1, 1), (8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1),
+                                   (1, 1, 2), (1, 1, 4), (4, 2, 2), (1, 8, 2)]:
+      c = tiny_config(batch_size=16, grad_accum_steps=accum)
       c.mesh.data, c.mesh.fsdp = data_axis, fsdp
       devices = jax.devices()[: data_axis * fsdp]
       mesh = sharding.make_mesh(c.mesh, devices)
@@ -117,7 +118,7 @@ MESH_SCRIPT = textwrap.dedent("""
         state, m = train.run_step(step, mesh, c, state, sharding.global_batch(b, mesh))
         losses.append(float(m["loss"]))
       leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(state.params)]
-      results[f"{{data_axis}}x{{fsdp}}"] = dict(losses=losses, params=np.concatenate(leaves).tolist()[:5000])
+      results[f"{{data_axis}}x{{fsdp}}" + (f" accum {{accum}}" if accum > 1 else "")] = dict(losses=losses, params=np.concatenate(leaves).tolist()[:5000])
     from ijepa_jax.errors import ConfigError
     c = tiny_config(batch_size=12)       # 12 images cannot be split over 8 data-parallel devices
     try:
@@ -125,16 +126,24 @@ MESH_SCRIPT = textwrap.dedent("""
       results["batch_error"] = ""
     except ConfigError as e:
       results["batch_error"] = str(e)
+    c = tiny_config(batch_size=16, grad_accum_steps=4)   # micro-batches of 4 cannot cover 8 devices
+    try:
+      train.train_and_evaluate(c, {workdir!r})
+      results["accum_error"] = ""
+    except ConfigError as e:
+      results["accum_error"] = str(e)
     print("RESULT" + json.dumps(results))
 """)
 
 
-def test_same_loss_and_params_on_1_and_8_devices(tmp_path):
+def test_same_loss_and_params_on_1_and_8_devices_and_with_grad_accumulation(tmp_path):
   script = MESH_SCRIPT.format(tests=os.path.join(REPO, "tests"), workdir=str(tmp_path))
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.split("RESULT", 1)[1])
   assert "not divisible by the data-parallel size 8" in results.pop("batch_error")
+  assert "grad_accum_steps=4 does not split batch_size=16" in results.pop("accum_error")
+  assert {"1x1 accum 2", "1x1 accum 4", "4x2 accum 2", "1x8 accum 2"} <= set(results)
   ref = results.pop("1x1")
   for name, r in results.items():
     np.testing.assert_allclose(r["losses"], ref["losses"], rtol=1e-5, err_msg=name)

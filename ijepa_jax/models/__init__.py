@@ -6,7 +6,7 @@ from typing import Any
 
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.models.predictor import Predictor
-from ijepa_jax.models.vit import VIT_SIZES, VisionTransformer, sincos_pos_embed_2d
+from ijepa_jax.models.vit import REMAT_POLICIES, VIT_SIZES, VisionTransformer, sincos_pos_embed_2d
 
 __all__ = ["VisionTransformer", "Predictor", "VIT_SIZES", "sincos_pos_embed_2d", "make_models"]
 
@@ -23,7 +23,8 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
 
   Keys: name (VIT_SIZES key), patch_size, optional width / depth / num_heads /
   mlp_dim overrides (-1 or missing = from VIT_SIZES), predictor_width (384),
-  predictor_depth (12), predictor_heads (-1 = encoder heads), remat (False).
+  predictor_depth (12), predictor_heads (-1 = encoder heads), remat (a REMAT_POLICIES key;
+  True / False, as older configs have it, mean 'full' / 'none').
   The encoder is used for both the context and the target encoder.
   """
   name = model_cfg.get("name", None)
@@ -37,7 +38,11 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
   num_heads = _override(model_cfg, "num_heads", size["num_heads"])
   mlp_dim = _override(model_cfg, "mlp_dim", size["mlp_dim"])
   patch_size = int(model_cfg.get("patch_size", 16))
-  remat = bool(model_cfg.get("remat", False))
+  remat = model_cfg.get("remat", "none")
+  remat = {"true": "full", "false": "none"}.get(str(remat).lower(), str(remat))  # older configs: a bool
+  if remat not in REMAT_POLICIES:
+    raise ConfigError(f"model.remat={remat!r} is not one of {sorted(REMAT_POLICIES)}: set e.g. "
+                      f"--config.model.remat=full (least memory) or none (fastest).")
 
   if patch_size <= 0 or image_size % patch_size != 0:
     raise ConfigError(

@@ -34,7 +34,7 @@ class Predictor(nn.Module):
   num_heads: int = 16
   mlp_dim: int | None = None
   dtype: Dtype = jnp.float32
-  remat: bool = False
+  remat: str = "none"  # a vit.REMAT_POLICIES key
 
   @nn.compact
   def __call__(self, context: jax.Array, context_idx: jax.Array, target_idx: jax.Array) -> jax.Array:

@@ -187,8 +187,19 @@ class Block(nn.Module):
     return constrain(x)
 
 
-def block_class(remat: bool):
-  return nn.remat(Block) if remat else Block
+# model.remat: which activations of a block are kept for the backward pass; the others are recomputed.
+REMAT_POLICIES = {
+    "none": None,                                                  # keep everything (fastest)
+    "full": jax.checkpoint_policies.nothing_saveable,              # keep only each block's input
+    "dots": jax.checkpoint_policies.dots_saveable,                 # keep matmul outputs, recompute the rest
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # ... except attention's
+}
+
+
+def block_class(remat: str):
+  if remat == "none":
+    return Block
+  return nn.remat(Block, policy=REMAT_POLICIES[remat])
 
 
 def check_heads(width: int, num_heads: int, what: str) -> None:
@@ -216,7 +227,7 @@ class VisionTransformer(nn.Module):
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
-  remat: bool = False
+  remat: str = "none"  # a REMAT_POLICIES key
 
   @property
   def grid(self) -> int:
