@@ -62,6 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
                                  # 2-core machine: two half-batch programs keep both cores busier than one
                                  # (~15% faster demo step); -1: JAX's default (JAX_NUM_CPU_DEVICES or 1)
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # Across slices of a multi-slice TPU job (DCN); `mesh` then sizes each slice. Ignored on one slice.
+  c.mesh_dcn = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
   # Logical axis -> mesh axes. Parameters: 'embed' is split over fsdp (FSDP); activations: the batch
   # is split over data and fsdp.
   c.axis_rules = (

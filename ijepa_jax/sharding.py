@@ -10,6 +10,7 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from ijepa_jax.errors import ConfigError
@@ -18,31 +19,46 @@ MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the leading batch dimension is split over both
 
 
-def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
-  """Axis sizes from the config, with a single -1 filling the remaining devices."""
+def mesh_shape(mesh_cfg, num_devices: int, name: str = "config.mesh", unit: str = "available devices") -> tuple[int, ...]:
+  """Axis sizes from the config, with a single -1 filling the remaining devices (or slices)."""
   unknown = set(mesh_cfg.keys()) - set(MESH_AXES)
   if unknown:
-    raise ConfigError(f"config.mesh has unknown axes {sorted(unknown)}: the axes are {MESH_AXES}.")
+    raise ConfigError(f"{name} has unknown axes {sorted(unknown)}: the axes are {MESH_AXES}.")
   sizes = [int(mesh_cfg.get(a, 1)) for a in MESH_AXES]
+  flag = "--" + name
   if sizes.count(-1) > 1:
-    raise ConfigError(f"config.mesh {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1.")
+    raise ConfigError(f"{name} {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1.")
   known = math.prod(s for s in sizes if s != -1)
   if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
     raise ConfigError(
-        f"config.mesh {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} available devices: "
-        f"set e.g. --config.mesh.data=-1 --config.mesh.fsdp=1.")
+        f"{name} {dict(zip(MESH_AXES, sizes))} does not divide the {num_devices} {unit}: "
+        f"set e.g. {flag}.data=-1 {flag}.fsdp=1.")
   sizes = [num_devices // known if s == -1 else s for s in sizes]
   if math.prod(sizes) != num_devices:
     raise ConfigError(
-        f"config.mesh {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices but {num_devices} are "
-        f"available: make the sizes multiply to {num_devices} or set one of them to -1.")
+        f"{name} {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} but {num_devices} {unit} are there: "
+        f"make the sizes multiply to {num_devices} or set one of them to -1.")
   return tuple(sizes)
 
 
-def make_mesh(mesh_cfg, devices=None) -> Mesh:
+def make_mesh(mesh_cfg, devices=None, dcn_cfg=None) -> Mesh:
+  """The mesh over `devices`. When they span several slices (TPU multislice: devices carry a
+  `slice_index`), `mesh_cfg` sizes the mesh within a slice (ICI) and `dcn_cfg` across slices (DCN),
+  and mesh_utils.create_hybrid_device_mesh lays the devices out so that only the DCN part of each axis
+  crosses slices. Default across slices: data parallel (data=-1), so FSDP traffic stays on ICI."""
   devices = jax.devices() if devices is None else devices
-  shape = mesh_shape(mesh_cfg, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  slices = sorted({getattr(d, "slice_index", 0) for d in devices})
+  dcn = mesh_shape(dcn_cfg if dcn_cfg is not None else {"data": -1}, len(slices), "config.mesh_dcn", "slices")
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if len(slices) == 1:
+    return jax.make_mesh(mesh_shape(mesh_cfg, len(devices)), MESH_AXES, axis_types=axis_types, devices=devices)
+  per_slice = len(devices) // len(slices)
+  if any(sum(getattr(d, "slice_index", 0) == s for d in devices) != per_slice for s in slices):
+    raise ConfigError(f"the {len(devices)} devices are spread unevenly over {len(slices)} slices: "
+                      f"every slice needs the same number of devices.")
+  ici = mesh_shape(mesh_cfg, per_slice, "config.mesh", "devices in each slice")
+  array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  return Mesh(array, MESH_AXES, axis_types=axis_types)
 
 
 def rules(config) -> tuple[tuple[str, object], ...]:

@@ -145,7 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_writable(workdir)
 
   # -- mesh
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = sharding.make_mesh(config.mesh, dcn_cfg=config.mesh_dcn)
   dp = sharding.data_parallel_size(mesh)
   if config.batch_size % dp or config.batch_size % jax.process_count():
     raise ConfigError(f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
