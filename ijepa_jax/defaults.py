@@ -91,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
       standardise=True,          # features to zero mean / unit variance first (the probe's BatchNorm)
       lowshot_fraction=0.01, lowshot_seeds=(0, 1, 2),
       knn_k=20, knn_temperature=0.07,
+      attentive_lrs=(1e-3, 3e-3), attentive_weight_decays=(0.01, 0.1),  # chosen on held-out train, refit
+      attentive_epochs=10,
       monitor_every=0,           # > 0: k-NN on a subset every N steps during training (metric knn_monitor)
       monitor_train=2000, monitor_test=1000,
       random_init_baseline=True, # the same encoder at its initialisation, through the same probes

@@ -1,12 +1,14 @@
 """Evaluate a checkpoint's frozen target encoder next to its floors:
 
   python -m ijepa_jax.evaluate --checkpoint=WORKDIR [--config=configs/NAME.py] \
-      [--eval=linear,lowshot,knn] [--step=N] [--config.probe.max_train=N ...]
+      [--eval=linear,lowshot,knn,attentive] [--step=N] [--config.probe.max_train=N ...]
 
 Feature sets, all through the same probes: the target encoder (average-pooled patch tokens of the last
 layer, and of the last 4 layers concatenated), the same encoder at its random initialisation, and raw
 pixels. Probes: `linear` (logistic regression on standardised features, penalty chosen on held-out
-train, refit), `lowshot` (the same on 1% of the labels, 3 draws), `knn` (cosine, k=20, T=0.07).
+train, refit), `lowshot` (the same on 1% of the labels, 3 draws), `knn` (cosine, k=20, T=0.07), and
+`attentive` (a learned query cross-attending over the last layer's patch tokens, then linear; for the
+two encoders, not raw pixels).
 Writes WORKDIR/eval.json and WORKDIR/eval.md and prints the table; features are cached in
 WORKDIR/eval_cache/<step>/. The demo (configs/fashion_mnist.py) runs this after pretraining.
 """
@@ -21,9 +23,9 @@ import numpy as np
 
 from ijepa_jax import data
 from ijepa_jax.errors import ConfigError
-from ijepa_jax.evaluation import features, knn, linear
+from ijepa_jax.evaluation import attentive, features, knn, linear
 
-EVALS = ("linear", "lowshot", "knn")
+EVALS = ("linear", "lowshot", "knn", "attentive")
 TRAINED, INIT, PIXELS = "I-JEPA target encoder", "same encoder at random init", "raw pixels"
 
 
@@ -38,13 +40,15 @@ def _cached(path: str | None, compute):
   return x
 
 
-def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None) -> tuple[dict, np.ndarray, np.ndarray]:
-  """{name: (train features, test features)}, train labels, test labels."""
+def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None,
+                 evals=()) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+  """{name: (train features, test features)}, {name: (train tokens, test tokens)} (the attentive probe's
+  inputs, only when it is asked for), train labels, test labels."""
   pc, d = config.probe, config.data
   limit = None if pc.max_train < 0 else int(pc.max_train)
   train_images, train_y = data.load_eval_arrays(config, d.split, limit)
   test_images, test_y = data.load_eval_arrays(config, d.eval_split)
-  sets = {}
+  sets, tokens = {}, {}
   for name, params, tag in ((TRAINED, trained, "trained"), (INIT, initial, "init")):
     if params is None:
       continue
@@ -57,12 +61,20 @@ def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None)
     sets[f"{name}, last layer"] = (pair[0][:, -width:], pair[1][:, -width:])
     if encoder.depth >= 4:
       sets[f"{name}, last 4 layers"] = tuple(pair)
+    if "attentive" in evals:  # [N, tokens, D] of the last layer, cached as float16 (half the disk)
+      tokens[f"{name}, last layer"] = tuple(
+          _cached(cache_dir and os.path.join(cache_dir, f"{tag}_tokens_{split}_{len(imgs)}x{d.image_size}.npy"),
+                  lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
+                                                     pool="none").astype(np.float16))
+          for split, imgs in (("train", train_images), ("test", test_images)))
   if pc.raw_pixels_baseline:  # the same images at raw_pixels_side (28: Fashion-MNIST's own pixels)
     raw = config.copy_and_resolve_references()
     raw.data.image_size = pc.raw_pixels_side
+    # No attentive row: pixel patches carry no position, so one query over them sees a bag of patches;
+    # the linear probe on the whole image is the pixels' floor.
     sets[PIXELS] = tuple(data.load_eval_arrays(raw, split, n)[0].reshape(len(y), -1).astype(np.float32) / 255.0
                          for split, n, y in ((d.split, limit, train_y), (d.eval_split, None, test_y)))
-  return sets, train_y, test_y
+  return sets, tokens, train_y, test_y
 
 
 def check_evals(evals) -> None:
@@ -71,12 +83,16 @@ def check_evals(evals) -> None:
     raise ConfigError(f"unknown evaluation(s) {sorted(unknown)}: choose from {','.join(EVALS)}.")
 
 
-def probes(sets: dict, train_y, test_y, evals, pc, seed: int) -> dict:
-  """{feature set: {eval: result}} for every feature set and requested eval."""
+def probes(sets: dict, train_y, test_y, evals, pc, seed: int, tokens: dict | None = None) -> dict:
+  """{feature set: {eval: result}} for every feature set and requested eval (the attentive probe for the
+  feature sets that have tokens)."""
   check_evals(evals)
   table = {}
   for name, (tr, te) in sets.items():
     row = {}
+    if "attentive" in evals and name in (tokens or {}):
+      row["attentive"] = attentive.probe(tokens[name][0], train_y, tokens[name][1], test_y, pc.attentive_lrs,
+                                         pc.attentive_weight_decays, pc.attentive_epochs, seed=seed)
     if "linear" in evals:
       row["linear"] = linear.probe(tr, train_y, te, test_y, pc.weight_decays, seed, pc.standardise)
     if "lowshot" in evals:
@@ -90,7 +106,7 @@ def probes(sets: dict, train_y, test_y, evals, pc, seed: int) -> dict:
 
 def markdown(table: dict, evals, pc, train_examples: int, step: int | None) -> str:
   heads = {"linear": "linear", "lowshot": f"{100 * pc.lowshot_fraction:g}% labels ({len(pc.lowshot_seeds)} draws)",
-           "knn": f"k-NN (k={pc.knn_k})"}
+           "knn": f"k-NN (k={pc.knn_k})", "attentive": "attentive"}
   cols = [e for e in EVALS if e in evals]
   lines = [f"Frozen features{'' if step is None else f' at step {step}'}, test top-1 "
            f"({train_examples} train examples; linear: logistic regression on "
@@ -99,7 +115,10 @@ def markdown(table: dict, evals, pc, train_examples: int, step: int | None) -> s
   for name, row in table.items():
     cells = []
     for c in cols:
-      r = row[c]
+      r = row.get(c)
+      if r is None:  # the attentive probe reads the last layer's tokens only
+        cells.append("–")
+        continue
       cells.append(f"{100 * r['top1']:.2f}" + (f" ± {100 * r['std']:.2f}" if c == "lowshot" else ""))
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
@@ -111,12 +130,13 @@ def run(config, encoder, trained, initial, mesh, workdir: str, evals=None, step:
   evals = tuple(pc.evals) if evals is None else tuple(evals)
   check_evals(evals)
   cache = None if step is None else os.path.join(workdir, "eval_cache", str(step))
-  sets, train_y, test_y = feature_sets(config, encoder, trained, initial, mesh, cache)
-  table = probes(sets, train_y, test_y, evals, pc, config.seed)
+  sets, tokens, train_y, test_y = feature_sets(config, encoder, trained, initial, mesh, cache, evals)
+  table = probes(sets, train_y, test_y, evals, pc, config.seed, tokens)
   result = {"step": step, "train_examples": int(len(train_y)), "test_examples": int(len(test_y)), "table": table}
   last, last4 = f"{TRAINED}, last layer", f"{TRAINED}, last 4 layers"
   for key, name, ev in (("linear_top1", last, "linear"), ("linear_last4_top1", last4, "linear"),
                         ("lowshot_top1", last, "lowshot"), ("knn_top1", last, "knn"),
+                        ("attentive_top1", last, "attentive"),
                         ("raw_pixels_top1", PIXELS, "linear")):
     if ev in table.get(name, {}):
       result[key] = table[name][ev]["top1"]
@@ -180,4 +200,5 @@ if __name__ == "__main__":
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.mark_flags_as_required(["checkpoint"])
   app.run(main, flags_parser=flags_parser(
-      "python -m ijepa_jax.evaluate --checkpoint=WORKDIR [--config=configs/NAME.py] [--eval=linear,lowshot,knn]"))
+      "python -m ijepa_jax.evaluate --checkpoint=WORKDIR [--config=configs/NAME.py] "
+      "[--eval=linear,lowshot,knn,attentive]"))

@@ -1,4 +1,4 @@
-"""Feature extraction and the probes: linear, low-shot, k-NN, and the evaluate CLI."""
+"""Feature extraction and the probes: linear, low-shot, k-NN, attentive, and the evaluate CLI."""
 import os
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 
 from conftest import tiny_config
 from ijepa_jax import sharding
-from ijepa_jax.evaluation import features, linear
+from ijepa_jax.evaluation import attentive, features, linear
 from ijepa_jax.models import make_models
 
 
@@ -20,6 +20,29 @@ def test_probe_separates_gaussian_blobs_and_picks_a_penalty():
   assert r["top1"] > 0.95 and r["weight_decay"] in (0.0, 1e-2)
   noise = linear.probe(rng.normal(size=(1500, 20)), y[:1500], rng.normal(size=(500, 20)), y[1500:], (0.0,))
   assert noise["top1"] < 0.35                       # chance is 0.2: the probe cannot invent signal
+
+
+def _where_is_the_signal(n, seed):
+  """4 tokens per example, each carrying its position (one-hot); one token also carries a signal, and
+  the class is that token's position. Averaging the tokens leaves nothing: every pooled vector is the
+  same up to noise."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 4, n)
+  x = np.zeros((n, 4, 8), np.float32)
+  x[:, np.arange(4), np.arange(4)] = 1.0
+  x[np.arange(n), y, 4] = 3.0
+  return x + 0.1 * rng.normal(size=x.shape).astype(np.float32), y
+
+
+def test_attentive_probe_finds_what_average_pooling_loses():
+  train_x, train_y = _where_is_the_signal(2000, 0)
+  test_x, test_y = _where_is_the_signal(500, 1)
+  r = attentive.probe(train_x, train_y, test_x, test_y, lrs=(3e-3,), weight_decays=(0.01,), epochs=40, seed=0)
+  assert r["top1"] > 0.9 and r["lr"] == 3e-3 and r["weight_decay"] == 0.01
+  pooled = linear.probe(train_x.mean(1), train_y, test_x.mean(1), test_y, (0.0,))
+  assert pooled["top1"] < 0.4                      # chance is 0.25
+  again = attentive.probe(train_x, train_y, test_x, test_y, lrs=(3e-3,), weight_decays=(0.01,), epochs=40, seed=0)
+  assert again == r                                 # deterministic from the seed
 
 
 def test_extract_shapes_pooling_and_last4():
@@ -125,6 +148,32 @@ def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
   assert len(os.listdir(tmp_path / "eval_cache" / "2")) == 4       # trained/init x train/test features
   bad = subprocess.run(cmd[:4] + ["--eval=linear,svm"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "unknown evaluation(s) ['svm']" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_evaluate_cli_attentive_probe_on_tokens_and_pixel_patches(tmp_path):
+  import json
+  import subprocess
+  import sys
+  from conftest import REPO
+  from ijepa_jax import train
+  train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
+  cmd = [sys.executable, "-m", "ijepa_jax.evaluate", f"--checkpoint={tmp_path}", "--config=configs/fashion_mnist.py",
+         "--config.probe.max_train=1000", "--config.probe.attentive_lrs=(0.003,)",
+         "--config.probe.attentive_weight_decays=(0.01,)", "--config.probe.attentive_epochs=20", "--eval=attentive,knn"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.load(open(tmp_path / "eval.json"))
+  rows = result["table"]
+  assert set(rows["I-JEPA target encoder, last layer"]) == {"attentive", "knn"}
+  assert set(rows["same encoder at random init, last layer"]) == {"attentive", "knn"}
+  assert set(rows["raw pixels"]) == {"knn"}                               # pixels: no positions, no attentive
+  assert 0.3 < result["attentive_top1"] <= 1                             # chance is 0.1
+  table = open(tmp_path / "eval.md").read()
+  assert "| k-NN (k=20) | attentive |" in table and "| – |" in table     # no tokens, no attentive cell
+  cached = os.listdir(tmp_path / "eval_cache" / "2")
+  assert sum("tokens" in f for f in cached) == 4                          # trained/init x train/test tokens
+  assert np.load(tmp_path / "eval_cache" / "2" / [f for f in cached if "trained_tokens_test" in f][0]).shape == (
+      10000, 64, 32)
 
 
 def test_knn_monitor_is_logged_during_training(tmp_path):
