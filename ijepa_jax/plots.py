@@ -70,7 +70,7 @@ def probe_results(result: dict, path: str) -> str:
   """Grouped bars: one group per probe, one bar per feature set (eval.json's 'table')."""
   table = result["table"]
   names = list(table)
-  evals = [e for e in ("linear", "lowshot", "knn") if any(e in row for row in table.values())]
+  evals = [e for e in ("linear", "lowshot", "knn", "attentive") if any(e in row for row in table.values())]
   fig, ax = _subplots(1, 1, figsize=(5.5 + 2.2 * len(evals), 3.6))
   width = 0.8 / len(names)
   for j, name in enumerate(names):
