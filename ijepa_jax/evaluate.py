@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -83,23 +84,28 @@ def check_evals(evals) -> None:
     raise ConfigError(f"unknown evaluation(s) {sorted(unknown)}: choose from {','.join(EVALS)}.")
 
 
-def probes(sets: dict, train_y, test_y, evals, pc, seed: int, tokens: dict | None = None) -> dict:
+def probes(sets: dict, train_y, test_y, evals, pc, seed: int, tokens: dict | None = None, say=None) -> dict:
   """{feature set: {eval: result}} for every feature set and requested eval (the attentive probe for the
-  feature sets that have tokens)."""
+  feature sets that have tokens). `say(line)`, if given, hears each result as it is ready."""
   check_evals(evals)
   table = {}
   for name, (tr, te) in sets.items():
     row = {}
-    if "attentive" in evals and name in (tokens or {}):
-      row["attentive"] = attentive.probe(tokens[name][0], train_y, tokens[name][1], test_y, pc.attentive_lrs,
-                                         pc.attentive_weight_decays, pc.attentive_epochs, seed=seed)
-    if "linear" in evals:
-      row["linear"] = linear.probe(tr, train_y, te, test_y, pc.weight_decays, seed, pc.standardise)
-    if "lowshot" in evals:
-      row["lowshot"] = linear.lowshot(tr, train_y, te, test_y, pc.weight_decays, pc.lowshot_fraction,
-                                      tuple(pc.lowshot_seeds), pc.standardise)
-    if "knn" in evals:
-      row["knn"] = knn.knn(tr, train_y, te, test_y, pc.knn_k, pc.knn_temperature)
+    todo = {
+        "attentive": lambda: attentive.probe(tokens[name][0], train_y, tokens[name][1], test_y, pc.attentive_lrs,
+                                             pc.attentive_weight_decays, pc.attentive_epochs, seed=seed),
+        "linear": lambda: linear.probe(tr, train_y, te, test_y, pc.weight_decays, seed, pc.standardise),
+        "lowshot": lambda: linear.lowshot(tr, train_y, te, test_y, pc.weight_decays, pc.lowshot_fraction,
+                                          tuple(pc.lowshot_seeds), pc.standardise),
+        "knn": lambda: knn.knn(tr, train_y, te, test_y, pc.knn_k, pc.knn_temperature),
+    }
+    for ev, compute in todo.items():
+      if ev not in evals or (ev == "attentive" and name not in (tokens or {})):
+        continue
+      start = time.perf_counter()
+      row[ev] = compute()
+      if say:
+        say(f"  {ev:9s} {name}: {100 * row[ev]['top1']:.2f} ({time.perf_counter() - start:.0f} s)")
     table[name] = row
   return table
 
@@ -130,8 +136,13 @@ def run(config, encoder, trained, initial, mesh, workdir: str, evals=None, step:
   evals = tuple(pc.evals) if evals is None else tuple(evals)
   check_evals(evals)
   cache = None if step is None else os.path.join(workdir, "eval_cache", str(step))
+  say = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
+  start = time.perf_counter()
   sets, tokens, train_y, test_y = feature_sets(config, encoder, trained, initial, mesh, cache, evals)
-  table = probes(sets, train_y, test_y, evals, pc, config.seed, tokens)
+  if say:
+    say(f"Probes ({', '.join(evals)}) on {len(train_y)} train / {len(test_y)} test images; features ready in "
+        f"{time.perf_counter() - start:.0f} s:")
+  table = probes(sets, train_y, test_y, evals, pc, config.seed, tokens, say)
   result = {"step": step, "train_examples": int(len(train_y)), "test_examples": int(len(test_y)), "table": table}
   last, last4 = f"{TRAINED}, last layer", f"{TRAINED}, last 4 layers"
   for key, name, ev in (("linear_top1", last, "linear"), ("linear_last4_top1", last4, "linear"),

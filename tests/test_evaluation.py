@@ -145,6 +145,10 @@ def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
   table = open(tmp_path / "eval.md").read()
   assert "| raw pixels |" in table and "k-NN (k=20)" in table and "1% labels (3 draws)" in table
   assert table in proc.stdout
+  # Each result is printed as soon as it is ready (the probes take minutes on the demo's 60k images).
+  assert "Probes (linear, lowshot, knn) on 1000 train / 10000 test images" in proc.stdout
+  knn_line = f"  knn       raw pixels: {100 * rows['raw pixels']['knn']['top1']:.2f} ("
+  assert knn_line in proc.stdout and proc.stdout.index(knn_line) < proc.stdout.index(table)
   assert len(os.listdir(tmp_path / "eval_cache" / "2")) == 4       # trained/init x train/test features
   bad = subprocess.run(cmd[:4] + ["--eval=linear,svm"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "unknown evaluation(s) ['svm']" in bad.stderr and "Traceback" not in bad.stderr
