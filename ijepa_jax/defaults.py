@@ -87,7 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
       evals=("linear", "lowshot", "knn"),
       max_train=-1,              # -1: the whole train split
       batch_size=256,            # feature extraction batch
-      weight_decays=(0.0, 1e-4, 1e-3, 1e-2),  # chosen on a held-out 10% of train, then refit
+      weight_decays=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7),  # a path, strongest first; chosen on held-out train, refit
       standardise=True,          # features to zero mean / unit variance first (the probe's BatchNorm)
       lowshot_fraction=0.01, lowshot_seeds=(0, 1, 2),
       knn_k=20, knn_temperature=0.07,

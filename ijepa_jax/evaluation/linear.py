@@ -2,7 +2,9 @@
 
 Protocol: the L2 penalty is chosen on a held-out 10% of the train split, then the probe is refit on
 the whole train split and scored on the test split. Full-batch L-BFGS: the problem is convex and
-small (features of tens of thousands of images), so it converges in a few hundred iterations.
+small (features of tens of thousands of images). The penalties are swept as a regularisation path,
+strongest first, each fit starting from the previous one's solution, in whitened coordinates
+(`fit_path`), so every fit on the path reaches its minimum in tens of iterations.
 `lowshot` runs the same probe on a class-balanced 1% of the train labels, over several draws.
 """
 from __future__ import annotations
@@ -13,30 +15,60 @@ import numpy as np
 import optax
 
 
-def fit(x: np.ndarray, y: np.ndarray, num_classes: int, weight_decay: float, steps: int = 300):
-  """Returns (W, b) minimising mean cross-entropy + weight_decay / 2 * |W|^2."""
+def second_moments(x: np.ndarray, max_rows: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+  """Eigenvalues and eigenvectors of the features' second-moment matrix x^T x / n (from at most max_rows
+  rows: it only conditions the problem, any estimate will do)."""
+  if len(x) > max_rows:
+    x = x[np.random.default_rng(0).choice(len(x), max_rows, replace=False)]
+  x = np.asarray(x, np.float64)
+  evals, evecs = np.linalg.eigh(x.T @ x / len(x))
+  return np.maximum(evals, 0.0), evecs
+
+
+def fit_path(x: np.ndarray, y: np.ndarray, num_classes: int, weight_decays, steps: int = 50) -> dict:
+  """{penalty: {'w', 'b'}}: minimisers of mean cross-entropy + penalty / 2 * |W|^2 for each penalty,
+  strongest first, each fit warm-started from the previous one's solution (`steps` L-BFGS iterations
+  each; one compilation for the whole path).
+
+  Each fit optimises V with W = P V, P = (C + max(penalty, 1e-3) I)^(-1/2), C the features' second
+  moments: P is invertible, so the objective and its minimiser are those of W, but the Hessian in V is
+  close to the identity whatever the features' correlations and the penalty (the 1e-3 floor keeps the
+  directions the features hardly use from being stretched by the weak penalties). Without it L-BFGS crawls: on the demo's
+  512 pooled features plain L-BFGS was still ~1 point of test top-1 short after 300 iterations at
+  penalty 1e-4, and the weak penalties these features need were out of its reach.
+  """
+  evals, evecs = second_moments(x)
   x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
-
-  def objective(p):
-    logits = x @ p["w"] + p["b"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return ce + 0.5 * weight_decay * jnp.sum(jnp.square(p["w"]))
-
   opt = optax.lbfgs()
-  value_and_grad = optax.value_and_grad_from_state(objective)
 
   @jax.jit
-  def run(p):
+  def solve(w, b, weight_decay, precond, precond_inv):
+    def objective(p):
+      w = precond @ p["v"]
+      ce = optax.softmax_cross_entropy_with_integer_labels(x @ w + p["b"], y).mean()
+      return ce + 0.5 * weight_decay * jnp.sum(jnp.square(w))
+
+    value_and_grad = optax.value_and_grad_from_state(objective)
+
     def body(carry, _):
       p, s = carry
       value, grad = value_and_grad(p, state=s)
       updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=objective)
-      return (optax.apply_updates(p, updates), s), value
-    (p, _), _ = jax.lax.scan(body, (p, opt.init(p)), length=steps)
-    return p
+      return (optax.apply_updates(p, updates), s), None
 
-  p0 = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros((num_classes,))}
-  return run(p0)
+    p = {"v": precond_inv @ w, "b": b}
+    p = jax.lax.scan(body, (p, opt.init(p)), length=steps)[0][0]
+    return precond @ p["v"], p["b"]
+
+  w, b = jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,))
+  path = {}
+  for wd in sorted(weight_decays, reverse=True):
+    scale = evals + max(wd, 1e-3)
+    precond = ((evecs / np.sqrt(scale)) @ evecs.T).astype(np.float32)
+    precond_inv = ((evecs * np.sqrt(scale)) @ evecs.T).astype(np.float32)
+    w, b = solve(w, b, jnp.float32(wd), precond, precond_inv)
+    path[wd] = {"w": w, "b": b}
+  return path
 
 
 def accuracy(p, x: np.ndarray, y: np.ndarray) -> float:
@@ -54,10 +86,11 @@ def probe(train_x, train_y, test_x, test_y, weight_decays, seed: int = 0, standa
   num_classes = int(max(train_y.max(), test_y.max())) + 1
   perm = np.random.default_rng(seed).permutation(len(train_x))
   held, fit_idx = perm[: len(perm) // 10], perm[len(perm) // 10:]
-  scores = {wd: accuracy(fit(train_x[fit_idx], train_y[fit_idx], num_classes, wd), train_x[held], train_y[held])
-            for wd in weight_decays}
-  best = max(scores, key=scores.get)
-  p = fit(train_x, train_y, num_classes, best)
+  path = fit_path(train_x[fit_idx], train_y[fit_idx], num_classes, weight_decays)
+  scores = {wd: accuracy(p, train_x[held], train_y[held]) for wd, p in path.items()}
+  best = max(scores, key=scores.get)  # of equal scores, the strongest penalty
+  # The refit follows the same path on all of train, down to the chosen penalty.
+  p = fit_path(train_x, train_y, num_classes, [wd for wd in weight_decays if wd >= best])[best]
   return {"top1": accuracy(p, test_x, test_y), "weight_decay": best, "heldout_top1": scores[best]}
 
 
