@@ -35,11 +35,18 @@ def main(argv):
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(e, 2)
   except (FloatingPointError, checkpoint.WriteError) as e:  # the checkpoints hold the last good state
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    _fail(e, 1)
+
+
+def _fail(error: Exception, code: int):
+  """The error on a line of its own, written at once: Orbax's and tensorstore's threads may still be printing
+  tracebacks of a failed save to the same stream, a piece at a time."""
+  sys.stdout.flush()
+  sys.stderr.write(f"\nerror: {error}\n")
+  sys.stderr.flush()
+  sys.exit(code)
 
 
 if __name__ == "__main__":
