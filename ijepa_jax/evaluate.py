@@ -182,7 +182,9 @@ class Monitor:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from absl import logging
   from ijepa_jax import sharding, train
+  logging.set_verbosity(logging.WARNING)  # no INFO lines from Orbax's restore
   try:
     check_evals([e for e in _EVAL.value.split(",") if e])
     config, encoder, state = train.load(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())

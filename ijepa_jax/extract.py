@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir holding config.json and checkpoints/.")
 _IMAGES = flags.DEFINE_string("images", None, "A .npy of images [N, H, W, C], uint8 or float32.")
@@ -32,6 +32,7 @@ def main(argv):
   from ijepa_jax import sharding, train
   from ijepa_jax.errors import ConfigError
   from ijepa_jax.evaluation import features
+  logging.set_verbosity(logging.WARNING)  # no INFO lines from Orbax's restore
   try:
     images = np.load(_IMAGES.value, mmap_mode="r")
     config, encoder, state = train.load(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())

@@ -1,5 +1,6 @@
 """Feature extraction and the probes: linear, low-shot, k-NN, attentive, and the evaluate CLI."""
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,7 @@ def test_extract_cli_matches_the_restored_target_encoder(tmp_path):
   base = [sys.executable, "-m", "ijepa_jax.extract", f"--checkpoint={tmp_path / 'run'}", f"--images={tmp_path / 'x.npy'}"]
   proc = subprocess.run(base + [f"--out={tmp_path / 'f.npy'}", "--pool=none"], cwd=REPO, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[:3000]  # no absl INFO lines (Orbax's)
   config, enc, state = train.load(str(tmp_path / "run"))
   expected = enc.apply({"params": state.target}, normalise(images, config.data.mean, config.data.std))
   got = np.load(tmp_path / "f.npy")
@@ -150,6 +152,7 @@ def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
          "--config.probe.max_train=1000", "--config.probe.weight_decays=(0.0,0.01)", "--eval=linear,lowshot,knn"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[:3000]  # no absl INFO lines (Orbax's)
   result = json.load(open(tmp_path / "eval.json"))
   assert result["step"] == 2 and result["train_examples"] == 1000 and result["test_examples"] == 10000
   rows = result["table"]
@@ -183,6 +186,7 @@ def test_evaluate_cli_attentive_probe_on_tokens_and_pixel_patches(tmp_path):
          "--config.probe.attentive_weight_decays=(0.01,)", "--config.probe.attentive_epochs=20", "--eval=attentive,knn"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[:3000]  # no absl INFO lines (Orbax's)
   result = json.load(open(tmp_path / "eval.json"))
   rows = result["table"]
   assert set(rows["I-JEPA target encoder, last layer"]) == {"attentive", "knn"}
