@@ -5,9 +5,9 @@ Command (what `make demo` runs):
 Expected result: README "Demo results" (measured on the 2-core machine): the table of linear, 1%-label
 and k-NN probes of the target encoder next to the same encoder at random init and raw pixels, in
 eval.md / eval.json, plus training_curves.png, mask_examples.png and probe_results.png; the linear probe
-on the last 4 layers above the raw pixels' ~84.6%. About 12 minutes of pretraining (3000 steps at ~250
-images/s on two CPU devices) and ~4 of feature extraction and probes when the run has the machine to
-itself.
+on the last 4 layers above the raw pixels' ~84.6% (86.78 on 2026-12-01). About 12.5 minutes of
+pretraining (3000 steps at ~270 images/s on two CPU devices) and ~6.5 of feature extraction and probes
+when the run has the machine to itself.
 
 Design (tuning log: experiments/README.md):
 - Images are upsampled 28 -> 112 px with 16x16 patches: still a 7x7 grid (the transformer's cost is
