@@ -9,6 +9,8 @@ strongest first, each fit starting from the previous one's solution, in whitened
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +30,7 @@ def second_moments(x: np.ndarray, max_rows: int = 20000) -> tuple[np.ndarray, np
 def fit_path(x: np.ndarray, y: np.ndarray, num_classes: int, weight_decays, steps: int = 50) -> dict:
   """{penalty: {'w', 'b'}}: minimisers of mean cross-entropy + penalty / 2 * |W|^2 for each penalty,
   strongest first, each fit warm-started from the previous one's solution (`steps` L-BFGS iterations
-  each; one compilation for the whole path).
+  each; one compilation for all fits of these shapes).
 
   Each fit optimises V with W = P V, P = (C + max(penalty, 1e-3) I)^(-1/2), C the features' second
   moments: P is invertible, so the objective and its minimiser are those of W, but the Hessian in V is
@@ -39,36 +41,40 @@ def fit_path(x: np.ndarray, y: np.ndarray, num_classes: int, weight_decays, step
   """
   evals, evecs = second_moments(x)
   x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
-  opt = optax.lbfgs()
-
-  @jax.jit
-  def solve(w, b, weight_decay, precond, precond_inv):
-    def objective(p):
-      w = precond @ p["v"]
-      ce = optax.softmax_cross_entropy_with_integer_labels(x @ w + p["b"], y).mean()
-      return ce + 0.5 * weight_decay * jnp.sum(jnp.square(w))
-
-    value_and_grad = optax.value_and_grad_from_state(objective)
-
-    def body(carry, _):
-      p, s = carry
-      value, grad = value_and_grad(p, state=s)
-      updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=objective)
-      return (optax.apply_updates(p, updates), s), None
-
-    p = {"v": precond_inv @ w, "b": b}
-    p = jax.lax.scan(body, (p, opt.init(p)), length=steps)[0][0]
-    return precond @ p["v"], p["b"]
-
   w, b = jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,))
   path = {}
   for wd in sorted(weight_decays, reverse=True):
     scale = evals + max(wd, 1e-3)
     precond = ((evecs / np.sqrt(scale)) @ evecs.T).astype(np.float32)
     precond_inv = ((evecs * np.sqrt(scale)) @ evecs.T).astype(np.float32)
-    w, b = solve(w, b, jnp.float32(wd), precond, precond_inv)
+    w, b = _solve(x, y, w, b, jnp.float32(wd), precond, precond_inv, steps)
     path[wd] = {"w": w, "b": b}
   return path
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def _solve(x, y, w, b, weight_decay, precond, precond_inv, steps: int):
+  """`steps` L-BFGS iterations on V = precond^-1 W from (w, b); returns (W, b). A module-level jit, so
+  every fit of the same shapes (the draws of `lowshot`, the trained and random-init encoders) shares
+  one compilation."""
+  opt = optax.lbfgs()
+
+  def objective(p):
+    w = precond @ p["v"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(x @ w + p["b"], y).mean()
+    return ce + 0.5 * weight_decay * jnp.sum(jnp.square(w))
+
+  value_and_grad = optax.value_and_grad_from_state(objective)
+
+  def body(carry, _):
+    p, s = carry
+    value, grad = value_and_grad(p, state=s)
+    updates, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=objective)
+    return (optax.apply_updates(p, updates), s), None
+
+  p = {"v": precond_inv @ w, "b": b}
+  p = jax.lax.scan(body, (p, opt.init(p)), length=steps)[0][0]
+  return precond @ p["v"], p["b"]
 
 
 def accuracy(p, x: np.ndarray, y: np.ndarray) -> float:
