@@ -185,8 +185,10 @@ def main(argv):
   from absl import logging
   from ijepa_jax import sharding, train
   logging.set_verbosity(logging.WARNING)  # no INFO lines from Orbax's restore
+  evals = None if _EVAL.value is None else [e for e in _EVAL.value.split(",") if e]  # None: probe.evals
   try:
-    check_evals([e for e in _EVAL.value.split(",") if e])
+    if evals is not None:
+      check_evals(evals)
     config, encoder, state = train.load(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())
     if _CONFIG.value is not None:  # the probe settings (and data paths) of the given config file
       config.probe = _CONFIG.value.probe
@@ -195,7 +197,7 @@ def main(argv):
     mesh = sharding.make_mesh(config.mesh, jax.local_devices())
     initial = train.initial_encoder_params(config, encoder) if config.probe.random_init_baseline else None
     run(config, encoder, state.target, initial, mesh, _CHECKPOINT.value,
-        [e for e in _EVAL.value.split(",") if e], int(state.step))
+        evals, int(state.step))
   except (ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -209,7 +211,8 @@ if __name__ == "__main__":
   _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir holding config.json and checkpoints/.")
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Optional config file: its probe.* and data paths "
                                             "replace the checkpoint's (e.g. --config.probe.max_train=...).")
-  _EVAL = flags.DEFINE_string("eval", ",".join(EVALS), f"Comma-separated evaluations: {','.join(EVALS)}.")
+  _EVAL = flags.DEFINE_string("eval", None, f"Comma-separated evaluations from {','.join(EVALS)} (default: the "
+                              "config's probe.evals, which leaves out the slow attentive probe).")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
   flags.mark_flags_as_required(["checkpoint"])
   app.run(main, flags_parser=flags_parser(

@@ -149,7 +149,7 @@ def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
   from ijepa_jax import train
   train.train_and_evaluate(tiny_config(total_steps=2, **{"model.depth": 4}), str(tmp_path))
   cmd = [sys.executable, "-m", "ijepa_jax.evaluate", f"--checkpoint={tmp_path}", "--config=configs/fashion_mnist.py",
-         "--config.probe.max_train=1000", "--config.probe.weight_decays=(0.0,0.01)", "--eval=linear,lowshot,knn"]
+         "--config.probe.max_train=1000", "--config.probe.weight_decays=(0.0,0.01)"]  # no --eval: probe.evals
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[:3000]  # no absl INFO lines (Orbax's)
