@@ -35,9 +35,9 @@ def fit_path(x: np.ndarray, y: np.ndarray, num_classes: int, weight_decays, step
   Each fit optimises V with W = P V, P = (C + max(penalty, 1e-3) I)^(-1/2), C the features' second
   moments: P is invertible, so the objective and its minimiser are those of W, but the Hessian in V is
   close to the identity whatever the features' correlations and the penalty (the 1e-3 floor keeps the
-  directions the features hardly use from being stretched by the weak penalties). Without it L-BFGS crawls: on the demo's
-  512 pooled features plain L-BFGS was still ~1 point of test top-1 short after 300 iterations at
-  penalty 1e-4, and the weak penalties these features need were out of its reach.
+  directions the features hardly use from being stretched by the weak penalties). Without it L-BFGS
+  crawls: on the demo's 512 pooled features plain L-BFGS was still ~1 point of test top-1 short after
+  300 iterations at penalty 1e-4, and the weak penalties these features need were out of its reach.
   """
   evals, evecs = second_moments(x)
   x, y = jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
