@@ -1,19 +1,30 @@
-"""How much memory a config needs per device, for several device counts, without running anything:
+"""How much memory and compute a config's train step needs per device, without running it.
+
+  python -m ijepa_jax.memory --config=configs/vit_h14.py --topology=v5p-128 [--num_slices=2]
+      [--per_device_batch=32] [--hbm_gib=X] [--config.KEY=VALUE ...]
+
+compiles the train step `main` runs (train.build, the config's mesh and axis rules) with the TPU
+compiler for a Cloud TPU slice, compile only, on any machine with libtpu installed (the tpu or test
+extra; no TPU needed). Per device it prints the compiler's memory analysis (arguments, outputs,
+aliased, temp, generated code, and their peak), the chip's HBM and the headroom, the compiler's
+FLOPs next to the analytic count (ijepa_jax.flops), the collectives in the compiled program, the
+lower and compile times, and when the step does not fit, what to change.
 
   python -m ijepa_jax.memory --config=configs/vit_h14.py --devices=8,16,32,64 [--per_device_batch=32]
-      [--config.dtype=bfloat16 --config.mesh.data=1 --config.mesh.fsdp=-1 ...]
 
-For each N the train step is compiled (XLA's SPMD partitioner, compile only) on a mesh of N fake CPU
-devices. Reported per device: the bytes of parameters, optimizer state and EMA target as the config's
-axis rules shard them, the compiled program's temp memory (activations, gradients, collectives'
-buffers), and `state ratio` = train-state bytes per device / (total train-state bytes / N): 1.0 is
-perfect FSDP, replicated small arrays push it above. CPU temp sizes approximate what a TPU or GPU
-compile reports; they are an estimate, not a measurement of a real accelerator.
+compiles instead with XLA:CPU for N fake CPU devices. What it measures exactly is the train state:
+the bytes per device of parameters, optimizer state and EMA target as the axis rules shard them, and
+`state ratio` = train-state bytes per device / (total / N) (1.0 = perfect FSDP). Its temp figure is
+an XLA:CPU estimate, several times the TPU compiler's for the same step (XLA:CPU gathers every
+layer's weights up front and ignores remat), so it cannot say whether a step fits an accelerator.
 """
 from __future__ import annotations
 
 import math
+import os
+import re
 import sys
+import time
 
 import numpy as np
 
@@ -35,19 +46,22 @@ def _bytes_total(tree) -> int:
   return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def report(config, devices, per_device_batch: int | None = None) -> dict:
-  """{'params', 'opt_state', 'target', 'state', 'state_total', 'state_ratio', 'temp', 'peak'} bytes per
-  device for a mesh over `devices` (a list of jax devices)."""
+# ============================================================================ one compile of the train step
+def _compile(config, devices, per_device_batch: int | None) -> dict:
+  """The train step of train.build for this config on a mesh over `devices`, lowered and compiled
+  for abstract inputs; with the train-state bytes per device from the shardings."""
+  import flax.linen as nn
   import jax
   import ml_collections
   from ijepa_jax import sharding, train
   from ijepa_jax.masks import MultiBlockSampler
   config = ml_collections.ConfigDict(config.to_dict())
-  mesh = sharding.make_mesh(config.mesh, devices)
+  mesh = sharding.make_mesh(config.mesh, devices, config.get("mesh_dcn"))
+  dp = sharding.data_parallel_size(mesh)
   if per_device_batch:
-    config.batch_size = per_device_batch * sharding.data_parallel_size(mesh)
+    config.batch_size = per_device_batch * dp
   train.check_config(config)
-  train.check_accumulation(config, sharding.data_parallel_size(mesh))
+  train.check_accumulation(config, dp)
   d = config.data
   sampler = MultiBlockSampler.from_config(config.mask, d.image_size // config.model.patch_size)
   _, abstract_state, _, step = train.build(config, mesh, sampler, total_steps=1000, warmup_steps=100)
@@ -59,28 +73,182 @@ def report(config, devices, per_device_batch: int | None = None) -> dict:
       "target_idx": jax.ShapeDtypeStruct((b, sampler.num_targets, sampler.num_target), np.int32,
                                          sharding=batch_sharding),
   }
-  import flax.linen as nn
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-    compiled = step.lower(abstract_state, batch).compile()
-  stats = compiled.memory_analysis()
+    t0 = time.perf_counter()
+    lowered = step.lower(abstract_state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
   parts = {"params": abstract_state.params, "opt_state": abstract_state.opt_state, "target": abstract_state.target}
   out = {k: _bytes_per_device(v) for k, v in parts.items()}
   out["state"] = sum(out.values())
   out["state_total"] = sum(_bytes_total(v) for v in parts.values())
   out["state_ratio"] = out["state"] / (out["state_total"] / len(devices))
-  out["temp"] = int(getattr(stats, "temp_size_in_bytes", 0))
+  out.update(batch=b, mesh=dict(mesh.shape), lower_s=t1 - t0, compile_s=t2 - t1)
+  return dict(report=out, compiled=compiled, config=config, sampler=sampler, mesh=mesh)
+
+
+def report(config, devices, per_device_batch: int | None = None) -> dict:
+  """XLA:CPU (or whatever `devices` are): {'params', 'opt_state', 'target', 'state', 'state_total',
+  'state_ratio', 'temp', 'peak', 'batch', 'mesh'}, bytes per device for a mesh over `devices`."""
+  c = _compile(config, devices, per_device_batch)
+  out = c["report"]
+  out["temp"] = int(getattr(c["compiled"].memory_analysis(), "temp_size_in_bytes", 0))
   out["peak"] = out["state"] + out["temp"]
-  out["batch"] = b
-  out["mesh"] = dict(mesh.shape)
   return out
 
 
+# ============================================================================ the TPU compiler
+def _quiet_libtpu(accelerator_type: str) -> None:
+  """Before libtpu starts: compile-only needs no TPU, so give it the values it would otherwise look
+  up (and warn about: TPU_ACCELERATOR_TYPE, TPU_WORKER_HOSTNAMES), and let it start while another
+  process holds /tmp/libtpu_lockfile."""
+  os.environ["TPU_ACCELERATOR_TYPE"] = accelerator_type
+  os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
+  os.environ["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
+
+
+def tpu_devices(slice_, num_slices: int = 1) -> list:
+  """Compile-only TPU devices of `num_slices` copies of the slice (each with a `slice_index`)."""
+  import importlib.util
+  if importlib.util.find_spec("libtpu") is None:
+    from ijepa_jax.errors import ConfigError
+    raise ConfigError("--topology needs libtpu, the TPU compiler: pip install -e '.[tpu]' (no TPU needed).")
+  _quiet_libtpu(slice_.name)
+  from jax.experimental import topologies
+  return list(topologies.get_topology_desc(**slice_.topology_kwargs(num_slices)).devices)
+
+
+_COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "ragged-all-to-all",
+                "collective-permute", "collective-broadcast")
+_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+             "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) ([a-z][a-z0-9-]*)\((.*)$")
+
+
+def _array_bytes(type_text: str) -> int:
+  total = 0
+  for dtype, dims in re.findall(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]", type_text):
+    size = _ITEMSIZE.get(dtype, 1)  # f8 variants: one byte
+    total += size * math.prod(int(x) for x in dims.split(",") if x)
+  return int(total)
+
+
+def _top_level(type_text: str) -> list[str]:
+  """The elements of a tuple type '(a, (b, c), d)'; [type_text] for an array type."""
+  t = type_text.strip()
+  if not t.startswith("("):
+    return [t]
+  parts, depth, start = [], 0, 1
+  for i, ch in enumerate(t):
+    if ch in "({[":
+      depth += 1
+    elif ch in ")}]":
+      depth -= 1
+    elif ch == "," and depth == 1:
+      parts.append(t[start:i])
+      start = i + 1
+  parts.append(t[start:-1])
+  return [p for p in (q.strip() for q in parts) if p]
+
+
+def _group_size(rest: str) -> int | None:
+  """How many devices each of the op's groups has, from its replica_groups in any of XLA's forms."""
+  # mesh['a'=4,'b'=2][, device_ids=(...)] {'a'}: groups along the named axes of XLA's own device mesh
+  m = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", rest)
+  if m:
+    sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)", m.group(1))}
+    return math.prod(sizes[a] for a in re.findall(r"'([^']+)'", m.group(2)))
+  m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", rest)  # iota form: [groups, size]<=[...]
+  if m:
+    return int(m.group(2))
+  m = re.search(r"replica_groups=\{\{([0-9,]*)\}", rest)
+  if m:
+    return len([x for x in m.group(1).split(",") if x])
+  return None
+
+
+def collectives(hlo_text: str) -> dict[str, dict]:
+  """The collectives in a compiled HLO module's text: {op: {'count', 'bytes', 'group_sizes'}}, where
+  bytes is each op's result per device (for async '-start' ops, the result part), summed over the ops
+  as they appear in the program (an op inside a loop body counts once), and group_sizes the sizes of
+  the device groups it runs over. Transfers between slices (TPU multislice: send ops to the
+  'megascale' DCN runtime) appear as '<kind> across slices (DCN)'."""
+  out: dict[str, dict] = {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    type_text, op, rest = m.groups()
+    if op == "send" and "_xla_megascale_transfer_type" in rest:
+      kind = re.search(r'_xla_megascale_transfer_type="([A-Z_]+)"', rest).group(1)
+      name, nbytes, size = f"{kind.lower().replace('_', '-')} across slices (DCN)", \
+          _array_bytes(_top_level(type_text)[0]), None
+    else:
+      base = op[:-len("-start")] if op.endswith("-start") else op
+      if base not in _COLLECTIVES:
+        continue
+      parts = _top_level(type_text)
+      if op.endswith("-start") and base in ("all-gather", "collective-permute") and len(parts) > 1:
+        parts = parts[1:2]   # (operand, result[, context]): the result
+      name, nbytes, size = base, sum(_array_bytes(p) for p in parts), _group_size(rest)
+    entry = out.setdefault(name, {"count": 0, "bytes": 0, "group_sizes": set()})
+    entry["count"] += 1
+    entry["bytes"] += nbytes
+    if size:
+      entry["group_sizes"].add(size)
+  for entry in out.values():
+    entry["group_sizes"] = sorted(entry["group_sizes"])
+  return out
+
+
+def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int | None = None,
+               hbm_bytes: int | None = None) -> dict:
+  """The train step compiled by the TPU compiler for `num_slices` slices named `topology` (v5p-128,
+  v5litepod-16, ...). Bytes are per device; 'peak' = arguments + outputs - aliased + temp + generated
+  code (the donated train state is counted once); 'flops' is the compiler's count for one device's
+  program, 'flops_analytic' the ijepa_jax.flops count for the device's share of the global batch."""
+  from ijepa_jax import flops, tpu_topologies
+  from ijepa_jax.errors import ConfigError
+  try:
+    slice_ = tpu_topologies.parse(topology)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if num_slices < 1:
+    raise ConfigError(f"--num_slices={num_slices} must be at least 1.")
+  devices = tpu_devices(slice_, num_slices)
+  c = _compile(config, devices, per_device_batch)
+  out, compiled, config, sampler = c["report"], c["compiled"], c["config"], c["sampler"]
+  stats = compiled.memory_analysis()
+  memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
+  memory["generated_code"] = int(stats.generated_code_size_in_bytes)
+  out.update(memory)
+  out["peak"] = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
+  out["hbm"] = int(hbm_bytes) if hbm_bytes else slice_.hbm_bytes
+  out["headroom"] = out["hbm"] - out["peak"]
+  out["fits"] = out["headroom"] >= 0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  out["flops"] = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  per_image = flops.config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)["total"]
+  out["flops_analytic"] = per_image * out["batch"] / len(devices)
+  out["collectives"] = collectives(compiled.as_text())
+  out.update(topology=slice_.name, topology_name=slice_.topology_name, generation=slice_.generation,
+             chips=slice_.chips, megacore=slice_.megacore, num_slices=num_slices, devices=len(devices),
+             grad_accum_steps=int(config.grad_accum_steps), remat=str(config.model.remat))
+  return out
+
+
+# ============================================================================ text
 def _fmt(n: float) -> str:
-  return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / 2 ** 20:.1f} MiB"
+  if abs(n) >= GIB / 4:
+    return f"{n / GIB:.2f} GiB"
+  return f"{n / 2 ** 20:.1f} MiB" if abs(n) >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB"
 
 
 def table(rows: dict[int, dict]) -> str:
-  lines = ["| devices | mesh | global batch | params | opt state | EMA target | temp | state + temp | state ratio |",
+  lines = ["| devices | mesh | global batch | params | opt state | EMA target | temp (XLA:CPU estimate) | "
+           "state + temp | state ratio |",
            "|---|---|---|---|---|---|---|---|---|"]
   for n, r in rows.items():
     mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
@@ -89,36 +257,137 @@ def table(rows: dict[int, dict]) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _model_line(c, state_total: int) -> str:
+  width = f" ({c.model.width} wide)" if c.model.width > 0 else ""
+  return (f"{c.model.name}{width}, {c.data.image_size} px, patch {c.model.patch_size}, dtype {c.dtype}, "
+          f"remat {c.model.remat}, grad_accum_steps {c.grad_accum_steps}; train state {_fmt(state_total)} in all")
+
+
+def advice(r: dict) -> list[str]:
+  """What would bring a step that does not fit under the HBM, cheapest first."""
+  options = []
+  if r["remat"] != "full":
+    options.append("--config.model.remat=full (keep only each block's input, recompute the rest in the backward pass)")
+  per_device = r["batch"] // (r["mesh"]["data"] * r["mesh"]["fsdp"])
+  k = r["grad_accum_steps"]
+  if per_device % (2 * k) == 0:
+    options.append(f"--config.grad_accum_steps={2 * k} (the activations of half as many images at a time, "
+                   f"same update)")
+  from ijepa_jax import tpu_topologies
+  bigger = tpu_topologies.parse(r["topology"]).doubled()
+  if bigger:
+    options.append(f"--topology={bigger.name} (twice the chips: half the state and images per chip "
+                   f"at the same global batch)")
+  if per_device > 1:
+    options.append(f"--per_device_batch={per_device // 2} (a smaller global batch: {r['batch'] // 2})")
+  return options
+
+
+def tpu_text(config, r: dict, libtpu_version: str) -> str:
+  mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
+  slices = f"{r['num_slices']} slices of " if r["num_slices"] > 1 else ""
+  kind = "megacore: 2 TensorCores per chip = 1 device" if r["megacore"] else "1 TensorCore per chip"
+  per_device = r["batch"] // r["devices"]
+  lines = [_model_line(config, r["state_total"]), "",
+           f"{slices}{r['topology']} ({r['topology_name']}, {r['chips']} chips, {kind}): {r['devices']} devices, "
+           f"mesh {mesh}, global batch {r['batch']} ({per_device} per device)",
+           f"TPU compiler, compile only (libtpu {libtpu_version}): lower {r['lower_s']:.1f} s, "
+           f"compile {r['compile_s']:.1f} s", "",
+           "| per device | bytes |", "|---|---|",
+           f"| arguments (train state + batch) | {_fmt(r['argument'])} |",
+           f"| outputs (new train state + metrics) | {_fmt(r['output'])} |",
+           f"| aliased (outputs in the donated arguments' buffers) | {_fmt(r['alias'])} |",
+           f"| temp (activations, gradients, collective buffers) | {_fmt(r['temp'])} |",
+           f"| generated code | {_fmt(r['generated_code'])} |",
+           f"| peak = arguments + outputs - aliased + temp + code | {_fmt(r['peak'])} |",
+           f"| HBM per chip ({r['generation']}) | {_fmt(r['hbm'])} |",
+           f"| headroom | {_fmt(r['headroom'])} |", "",
+           f"Train state per device (from the shardings): params {_fmt(r['params'])}, opt state "
+           f"{_fmt(r['opt_state'])}, EMA target {_fmt(r['target'])}; state ratio {r['state_ratio']:.3f} "
+           f"(1.0 = an even 1/{r['devices']} share)",
+           f"FLOPs per device per step: compiler {r['flops']:.4g}, analytic {r['flops_analytic']:.4g} "
+           f"(matmuls + attention; ratio {r['flops'] / r['flops_analytic']:.3f})"]
+  if r["grad_accum_steps"] > 1:
+    lines.append(f"  with grad_accum_steps={r['grad_accum_steps']} the compiler counts the micro-batch scan's "
+                 f"body once, not {r['grad_accum_steps']} times: its figure is low")
+  lines += ["", "| collective | count | bytes per device | device groups of |", "|---|---|---|---|"]
+  for name, e in sorted(r["collectives"].items()):
+    groups = ", ".join(map(str, e["group_sizes"])) or "-"
+    lines.append(f"| {name} | {e['count']} | {_fmt(e['bytes'])} | {groups} |")
+  if not r["collectives"]:
+    lines.append("| (none) | 0 | - | - |")
+  lines.append("(count: ops in the program text, an op in a loop body once; bytes: their results)")
+  lines.append("")
+  if r["fits"]:
+    lines.append(f"fits: peak {_fmt(r['peak'])} of {_fmt(r['hbm'])} per chip ({_fmt(r['headroom'])} headroom)")
+  else:
+    lines.append(f"does not fit: peak {_fmt(r['peak'])} > {_fmt(r['hbm'])} per chip, {_fmt(-r['headroom'])} over. "
+                 f"To fit, try: " + "; or ".join(advice(r)))
+  return "\n".join(lines)
+
+
+# ============================================================================ CLI
+def _usage_error(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _main_tpu(config) -> None:
+  import importlib.metadata
+  from ijepa_jax.errors import ConfigError
+  if _HBM_GIB.value is not None and _HBM_GIB.value <= 0:
+    _usage_error(f"--hbm_gib={_HBM_GIB.value} must be positive.")
+  hbm = int(_HBM_GIB.value * GIB) if _HBM_GIB.value else None
+  print(f"compiling for {_NUM_SLICES.value} x {_TOPOLOGY.value} with the TPU compiler ...", flush=True)
+  try:
+    r = tpu_report(config, _TOPOLOGY.value, _NUM_SLICES.value, _PER_DEVICE_BATCH.value, hbm)
+  except ConfigError as e:
+    _usage_error(str(e))
+  print()
+  print(tpu_text(config, r, importlib.metadata.version("libtpu")))
+
+
+def _main_cpu(config) -> None:
   from ijepa_jax.errors import ConfigError
   try:
     counts = [int(x) for x in _DEVICES.value.split(",") if x]
   except ValueError:
     counts = []
   if not counts or min(counts) < 1:
-    print(f"error: --devices={_DEVICES.value!r}: give device counts such as 8,16,32,64", file=sys.stderr)
-    sys.exit(2)
+    _usage_error(f"--devices={_DEVICES.value!r}: give device counts such as 8,16,32,64")
   import jax
-  jax.config.update("jax_platforms", "cpu")
   jax.config.update("jax_num_cpu_devices", max(counts))
-  config = _CONFIG.value
   rows = {}
   try:
     for n in counts:
       rows[n] = report(config, jax.devices()[:n], _PER_DEVICE_BATCH.value)
       r = rows[n]
-      print(f"N={n}: state {_fmt(r['state'])}/device (ratio {r['state_ratio']:.3f}), temp {_fmt(r['temp'])}, "
-            f"compiled", flush=True)
+      print(f"N={n}: state {_fmt(r['state'])}/device (ratio {r['state_ratio']:.3f}), temp {_fmt(r['temp'])} "
+            f"(XLA:CPU estimate), compiled", flush=True)
   except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  c = config
-  width = f" ({c.model.width} wide)" if c.model.width > 0 else ""
-  print(f"\n{c.model.name}{width}, {c.data.image_size} px, patch {c.model.patch_size}, "
-        f"dtype {c.dtype}, remat {c.model.remat}; train state {_fmt(rows[counts[0]]['state_total'])} in all\n")
+    _usage_error(str(e))
+  print(f"\n{_model_line(config, rows[counts[0]]['state_total'])}\n")
   print(table(rows))
+  print("\nXLA:CPU on fake CPU devices: the train-state columns are exact; temp is an XLA:CPU estimate, "
+        "not what a TPU or GPU needs (for that: --topology=v5p-128 etc.).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _TOPOLOGY.value is not None and flags.FLAGS["devices"].present:
+    _usage_error("--topology and --devices are exclusive: --topology compiles for a TPU slice, --devices for "
+                 "N fake CPU devices.")
+  if _TOPOLOGY.value is None and (flags.FLAGS["num_slices"].present or flags.FLAGS["hbm_gib"].present):
+    _usage_error("--num_slices and --hbm_gib go with --topology (e.g. --topology=v5p-128 --num_slices=2).")
+  # Compile only: never start a TPU runtime (nor take a TPU a training job is using); the TPU compiler
+  # runs from libtpu on its own.
+  import jax
+  jax.config.update("jax_platforms", "cpu")
+  if _TOPOLOGY.value is not None:
+    _main_tpu(_CONFIG.value)
+  else:
+    _main_cpu(_CONFIG.value)
 
 
 if __name__ == "__main__":
@@ -127,9 +396,16 @@ if __name__ == "__main__":
 
   from ijepa_jax.errors import flags_parser
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).")
-  _DEVICES = flags.DEFINE_string("devices", "8,16,32,64", "Comma-separated device counts.")
+  _TOPOLOGY = flags.DEFINE_string("topology", None, "A Cloud TPU slice to compile for: v4-N, v5p-N, "
+                                  "v5litepod-N (or v5e-N), v6e-N. Needs libtpu (pip install -e '.[tpu]').")
+  _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: that many slices (multislice over DCN; "
+                                     "config.mesh_dcn sizes the mesh across them).")
+  _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "With --topology: HBM per chip to judge the fit against "
+                                "(default: the chip's).")
+  _DEVICES = flags.DEFINE_string("devices", "8,16,32,64", "Comma-separated fake CPU device counts (XLA:CPU mode).")
   _PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", None,
                                            "Images per data-parallel device (default: the config's batch).")
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=flags_parser(
-      "python -m ijepa_jax.memory --config=configs/NAME.py --devices=8,16,32,64 [--per_device_batch=32]"))
+      "python -m ijepa_jax.memory --config=configs/NAME.py (--topology=v5p-128 [--num_slices=2] "
+      "[--hbm_gib=X] | --devices=8,16,32,64) [--per_device_batch=32]"))

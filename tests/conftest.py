@@ -4,6 +4,8 @@ import os
 import pytest
 from absl import flags
 
+import ijepa_jax  # noqa: F401  before any test imports jax: on a machine without a TPU it asks for the CPU
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

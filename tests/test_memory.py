@@ -1,7 +1,9 @@
-"""The memory report: compile-only train steps on fake CPU devices, bytes per device from the shardings."""
+"""The memory report: compile-only train steps on fake CPU devices (bytes per device from the shardings)
+and with the TPU compiler for named Cloud TPU slices (libtpu, no TPU)."""
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 TINY = ["--config.data.image_size=16", "--config.model.patch_size=2", "--config.model.width=32",
@@ -43,7 +45,154 @@ def test_memory_cli_prints_the_table_and_rejects_bad_device_counts():
   proc = subprocess.run(base + ["--devices=1,2", "--per_device_batch=8"], cwd=REPO, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "| devices | mesh | global batch |" in proc.stdout
+  assert "| devices | mesh | global batch |" in proc.stdout and "temp (XLA:CPU estimate)" in proc.stdout
   assert "| 1 | data 1 x fsdp 1 | 8 |" in proc.stdout and "| 2 | data 1 x fsdp 2 | 16 |" in proc.stdout  # per device x N
   bad = subprocess.run(base + ["--devices=eight"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "give device counts" in bad.stderr
+
+
+# ============================================================================ the TPU compiler (libtpu, compile only)
+def test_tpu_slice_names_map_to_the_compilers_topologies():
+  from ijepa_jax import tpu_topologies as t
+  s = t.parse("v5p-128")   # 128 TensorCores = 64 megacore chips, one 4x4x4 cube with wrap-around
+  assert (s.chips, s.topology_name, s.megacore, s.wrap, s.hbm_bytes) == (64, "v5:4x4x4", True, (True,) * 3, 95 * t.GIB)
+  assert s.topology_kwargs(2) == dict(topology_name="v5:4x4x4", platform="tpu", chip_config_name="megacore",
+                                      chips_per_host_bounds=(2, 2, 1), num_slices=2, wrap=(True, True, True))
+  assert (t.parse("v5p-64").topology_name, t.parse("v5p-64").wrap) == ("v5:2x4x4", (False,) * 3)
+  assert (t.parse("v4-64").topology_name, t.parse("v4-64").hbm_bytes) == ("v4:2x4x4", 32 * t.GIB)
+  assert t.parse("v5e-256") == t.parse("v5litepod-256")
+  assert (t.parse("v5e-256").name, t.parse("v5e-256").topology_name, t.parse("v5e-256").megacore) == \
+      ("v5litepod-256", "v5e:16x16", False)
+  assert t.parse("v5e-256").topology_kwargs()["chip_config_name"] == "default"
+  assert (t.parse("v6e-256").topology_name, t.parse("v6e-256").chips, t.parse("v6e-256").hbm_bytes) == \
+      ("v6e:16x16", 256, 32 * t.GIB)
+  # larger v5p shapes as in Cloud TPU's catalogue
+  assert [t.parse(f"v5p-{n}").topology_name for n in (256, 1024, 1152, 4096, 12288)] == \
+      ["v5:4x4x8", "v5:8x8x8", "v5:4x12x12", "v5:8x16x16", "v5:16x16x24"]
+  assert t.parse("v5p-128").doubled().name == "v5p-256" and t.parse("v6e-256").doubled() is None
+  for bad in ("v5p-7", "v5p-192", "v5e-2", "v7-8", "tpu-v5p"):
+    with pytest.raises(ValueError, match="valid forms: v4-N and v5p-N"):
+      t.parse(bad)
+
+
+def test_collectives_are_read_from_compiled_hlo_text():
+  from ijepa_jax.memory import collectives
+  hlo = """
+  %all-gather.1 = bf16[4,4,32]{2,1,0:T(4,128)(2,1)} all-gather(%f), channel_id=1, replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}, dimensions={0}
+  %ag-start = (bf16[2,8]{1,0}, bf16[8,8]{1,0}) all-gather-start(%p), replica_groups={{0,1,2,3}}, dimensions={0}
+  %ag-done = bf16[8,8]{1,0} all-gather-done(%ag-start)
+  ROOT %all-reduce.2 = (f32[32]{0:T(128)}, f32[16]{0}) all-reduce(%a, %b), replica_groups=[2,4]<=[8], to_apply=%add
+  %reduce-scatter.3 = f32[8,16]{1,0} reduce-scatter(%g), replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0','axis_1'}
+  %all-gather.4 = f32[2]{0} all-gather(%h), replica_groups=mesh['axis_0'=2,'axis_1'=2], device_ids=([2,2]T(1,0)) {'axis_1'}
+  %send.1 = (f32[2,8,128]{2,1,0:T(8,128)}, u32[], token[]) send(%x, %y), frontend_attributes={_xla_megascale_transfer_type="ALL_REDUCE"}
+  %recv.1 = (f32[2,8,128]{2,1,0}, u32[], token[]) recv(%y), frontend_attributes={_xla_megascale_transfer_type="ALL_REDUCE"}
+  %fusion.9 = f32[8]{0} fusion(%all-gather.1), kind=kLoop
+  """
+  c = collectives(hlo)
+  assert c["all-gather"] == {"count": 3, "bytes": 2 * 4 * 4 * 32 + 2 * 8 * 8 + 4 * 2, "group_sizes": [2, 4]}
+  assert c["all-reduce"] == {"count": 1, "bytes": 4 * 48, "group_sizes": [4]}
+  assert c["reduce-scatter"] == {"count": 1, "bytes": 4 * 128, "group_sizes": [8]}
+  assert c["all-reduce across slices (DCN)"] == {"count": 1, "bytes": 4 * 2 * 8 * 128, "group_sizes": []}
+  assert set(c) == {"all-gather", "all-reduce", "reduce-scatter", "all-reduce across slices (DCN)"}
+
+
+TPU_SCRIPT = """
+import sys, json, jax
+jax.config.update("jax_platforms", "cpu")   # compile only: the TPU compiler needs no TPU runtime
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+from ijepa_jax import memory
+# A matmul-heavy variant of the tiny model for the FLOP count (elementwise work is a few % of it).
+WIDE = {"model.width": 128, "model.mlp_dim": 512, "model.predictor_width": 64}
+out = {}
+for name, topology, slices, mesh, overrides in [
+    ("v5p-8", "v5p-8", 1, (1, -1), WIDE), ("v5p-16", "v5p-16", 1, (1, -1), WIDE),
+    ("v5e-4", "v5e-4", 1, (2, 2), {}), ("2 x v5e-4", "v5e-4", 2, (1, -1), {})]:
+  c = tiny_config(**overrides)
+  c.mesh.data, c.mesh.fsdp = mesh
+  out[name] = memory.tpu_report(c, topology, num_slices=slices)
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def tpu_reports():
+  """Four tiny compiles with the TPU compiler in one process (~15 s each on one core)."""
+  import json
+  proc = subprocess.run([sys.executable, "-c", TPU_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "TPU_ACCELERATOR_TYPE" not in proc.stderr and "TPU_WORKER_HOSTNAMES" not in proc.stderr  # kept quiet
+  return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
+def test_tpu_report_memory_figures_add_up_and_fit_the_chip(tpu_reports):
+  for name, r in tpu_reports.items():
+    assert r["peak"] == r["argument"] + r["output"] - r["alias"] + r["temp"] + r["generated_code"], name
+    assert r["argument"] >= r["state"] > 0 and r["alias"] > 0 and r["temp"] > 0 and r["generated_code"] > 0, name
+    assert r["fits"] and r["headroom"] == r["hbm"] - r["peak"], name
+    assert r["lower_s"] > 0 and r["compile_s"] > 0, name
+  assert tpu_reports["v5p-8"]["hbm"] == 95 * 2 ** 30 and tpu_reports["v5e-4"]["hbm"] == 16 * 2 ** 30
+  assert [tpu_reports[n]["devices"] for n in tpu_reports] == [4, 8, 4, 8]
+
+
+def test_tpu_report_state_per_device_is_one_nth_under_fsdp(tpu_reports):
+  small, big = tpu_reports["v5p-8"], tpu_reports["v5p-16"]
+  assert small["mesh"] == {"data": 1, "fsdp": 4} and big["mesh"] == {"data": 1, "fsdp": 8}
+  assert small["state_total"] == big["state_total"]
+  for r in (small, big):   # within 10% of an even share: only biases and norm scales are replicated
+    assert r["state"] == r["params"] + r["opt_state"] + r["target"]
+    assert r["state_total"] / r["devices"] <= r["state"] <= 1.10 * r["state_total"] / r["devices"]
+  assert 1.8 <= small["state"] / big["state"] <= 2.0
+
+
+def test_tpu_report_flops_match_the_analytic_count(tpu_reports):
+  for name in ("v5p-8", "v5p-16"):
+    r = tpu_reports[name]   # the compiler also counts the elementwise work the analytic count leaves out
+    assert 1.0 <= r["flops"] / r["flops_analytic"] <= 1.06, (name, r["flops"] / r["flops_analytic"])
+  assert abs(tpu_reports["v5p-8"]["flops"] / tpu_reports["v5p-16"]["flops"] - 2) < 0.1  # batch per device halves
+
+
+def test_tpu_report_uses_every_configured_mesh_axis(tpu_reports):
+  one = tpu_reports["v5e-4"]     # data 2 x fsdp 2: parameters gathered over fsdp pairs, gradients over all 4
+  assert one["mesh"] == {"data": 2, "fsdp": 2} and one["batch"] == 16
+  assert 2 in one["collectives"]["all-gather"]["group_sizes"]
+  assert 4 in {s for e in one["collectives"].values() for s in e["group_sizes"]}
+  assert one["state"] < 0.6 * one["state_total"]   # split over fsdp
+  multi = tpu_reports["2 x v5e-4"]   # config.mesh inside each slice, config.mesh_dcn (data=-1) across
+  assert multi["mesh"] == {"data": 2, "fsdp": 4} and multi["num_slices"] == 2 and multi["devices"] == 8
+  assert multi["collectives"]["all-gather"]["group_sizes"] == [4]   # FSDP stays inside a slice (ICI)
+  assert any(k.endswith("across slices (DCN)") for k in multi["collectives"])  # gradients cross slices
+
+
+TPU_CLI = [sys.executable, "-m", "ijepa_jax.memory", "--config=configs/fashion_mnist.py", "--config.mesh.data=1",
+           "--config.mesh.fsdp=-1", *TINY]
+
+
+def test_memory_cli_tpu_mode_prints_the_table_and_what_to_change_when_it_does_not_fit():
+  proc = subprocess.run(TPU_CLI + ["--topology=v5e-4", "--hbm_gib=0.001"], cwd=REPO, capture_output=True,
+                        text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert "v5litepod-4 (v5e:2x2, 4 chips, 1 TensorCore per chip): 4 devices, mesh data 1 x fsdp 4" in out
+  assert "TPU compiler, compile only (libtpu 0.0.42" in out
+  for row in ("| arguments", "| outputs", "| aliased", "| temp", "| generated code",
+              "| peak = arguments + outputs - aliased + temp + code |", "| HBM per chip (v5e) | 1.0 MiB |",
+              "| headroom | -", "| all-gather |"):
+    assert row in out, row
+  assert "FLOPs per device per step: compiler" in out and "analytic" in out
+  line = [x for x in out.splitlines() if x.startswith("does not fit")][0]
+  assert "--config.model.remat=full" in line and "--config.grad_accum_steps=2" in line
+  assert "--topology=v5litepod-8" in line and "--per_device_batch=2" in line
+  assert "TPU_ACCELERATOR_TYPE" not in proc.stderr and "TPU_WORKER_HOSTNAMES" not in proc.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--topology=v5p-7"], "valid forms: v4-N and v5p-N"),
+    (["--topology=v5p-8", "--devices=8"], "--topology and --devices are exclusive"),
+    (["--num_slices=2"], "go with --topology"),
+    (["--topology=v5p-8", "--num_slices=0"], "--num_slices=0 must be at least 1"),
+])
+def test_memory_cli_rejects_misuse_in_one_line(flags, message):
+  proc = subprocess.run(TPU_CLI + flags, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
