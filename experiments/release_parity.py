@@ -23,6 +23,15 @@ converter, and compared on
     subprocesses, so flag parsing, config.json, the orbax checkpoint and train.load are all in the path.
 Each comparison is max|ours - theirs| / max|theirs| over the tensor; all must be <= 1e-5 (fp32).
 
+Then the same batch in bf16 (`--config.dtype=bfloat16` on our side; the release's modules under CUDA's
+autocast, reproduced on CPU by experiments/cuda_autocast.py): target- and context-encoder features, the
+predictor, the loss and every gradient of one step. bf16 cannot match to 1e-5, so the yardstick is the
+release's own: for each quantity, the distance of our bf16 from the release's bf16 must be no larger
+than the distance of the release's bf16 from its fp32 (relative L2, ||a - b|| / ||b||; gradients
+concatenated per network). The release's GradScaler is left out: it multiplies the loss by a power of
+two and divides the gradients by it, which bf16's fp32-sized exponent range leaves exact.
+`--vith14` adds the features of a release ViT-H/14 (random init, 2 images of 224 px) in both precisions.
+
 The release is CC BY-NC 4.0: it is imported at run time from --release and nothing of it is copied
 here. Without that checkout, or without torch, the script prints one line saying why and exits 0, so
 it can sit in scripts and tests that run where neither is installed.
@@ -336,7 +345,124 @@ def run_size(size: dict, release_modules, workdir: str, seed: int = 0):
   rows.append(("make_train_step: grad_norm metric", rel_err(metrics["grad_norm"], grad_norm_t)))
   shapes = dict(context=int(ctx_idx.shape[1]), targets=int(m), target_tokens=int(tgt_idx.shape[2]),
                 loss=float(loss_t))
-  return rows, leaf_rows, shapes
+  fp32 = dict(full=full_t, ctx=ctx_t, pred=pred_out_t, loss=loss_t.numpy(), grads=theirs)
+  bf16 = bf16_rows(config, release_modules, (enc_t, pred_t, target_t), (built, enc_p, pred_p, target_p), fp32,
+                   (u8, images, imgs_t, ctx_idx, tgt_idx, masks_enc, masks_pred))
+  return rows, leaf_rows, shapes, bf16
+
+
+# ============================================================================ bf16
+def rel_l2(ours, theirs) -> float:
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  if ours.shape != theirs.shape:
+    return float("inf")
+  return float(np.linalg.norm(ours - theirs) / max(float(np.linalg.norm(theirs)), TINY))
+
+
+def _concat(tree: dict, part: str) -> np.ndarray:
+  return np.concatenate([np.ravel(v) for k, v in sorted(tree.items()) if k[0] == part])
+
+
+def bf16_rows(config, release_modules, release_nets, ours, fp32, batch):
+  """[(quantity, d(ours bf16, release bf16), d(release bf16, release fp32))] for one batch."""
+  import jax
+  import jax.numpy as jnp
+  from flax import traverse_util
+  from cuda_autocast import cuda_autocast
+  from ijepa_jax import convert, sharding, step, train
+  from ijepa_jax.masks import MultiBlockSampler
+  from ijepa_jax.models import make_models
+  torch, F, vit, helper, apply_masks, repeat_interleave_batch = release_modules
+  enc_t, pred_t, target_t = release_nets
+  built, enc_p, pred_p, target_p = ours   # the converted release weights (the fp32 step donated its state)
+  u8, images, imgs_t, ctx_idx, tgt_idx, masks_enc, masks_pred = batch
+  b, m = len(u8), tgt_idx.shape[1]
+  encoder, predictor = make_models(config.model, config.data.image_size, config.data.channels, jnp.bfloat16)
+
+  with torch.no_grad(), cuda_autocast(torch):
+    full_t = target_t(imgs_t).float().numpy()
+    ctx_t = enc_t(imgs_t, masks_enc).float().numpy()
+    pred_t_out = pred_t(torch.from_numpy(fp32["ctx"]), masks_enc, masks_pred).float().numpy()
+  with cuda_autocast(torch):
+    loss_t = release_step(torch, F, apply_masks, repeat_interleave_batch, enc_t, pred_t, target_t,
+                          imgs_t, masks_enc, masks_pred).float().numpy()
+  grad_ckpt = {"encoder": grads_as_release(enc_t, "pos_embed"),
+               "predictor": grads_as_release(pred_t, "predictor_pos_embed"),
+               "target_encoder": {k: v.numpy() for k, v in target_t.state_dict().items()}}
+  genc_t, gpred_t, _ = convert.release_params(config, built[1], grad_ckpt)
+  grads_t = traverse_util.flatten_dict({"encoder": genc_t, "predictor": gpred_t})
+
+  apply_enc = jax.jit(encoder.apply)
+  full = apply_enc({"params": target_p}, images)
+  ctx = apply_enc({"params": enc_p}, images, ctx_idx)
+  pred = jax.jit(predictor.apply)({"params": pred_p}, np.asarray(fp32["ctx"]), ctx_idx, tgt_idx)
+
+  def loss_fn(params):
+    targets = step.target_features(encoder, target_p, images, tgt_idx)
+    c = encoder.apply({"params": params["encoder"]}, images, ctx_idx)
+    preds = predictor.apply({"params": params["predictor"]}, c, ctx_idx, tgt_idx)
+    return step.prediction_loss(preds, targets, config.loss)
+
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))({"encoder": enc_p, "predictor": pred_p})
+  grads = traverse_util.flatten_dict(jax.device_get(grads))
+
+  # The real jitted step in bf16: its loss metric.
+  c = config.copy_and_resolve_references()
+  c.dtype = "bfloat16"
+  c.mesh.data, c.mesh.fsdp = 1, 1
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  sampler = MultiBlockSampler.from_config(c.mask, c.data.image_size // c.model.patch_size)
+  *_, train_step = train.build(c, mesh, sampler, total_steps=1, warmup_steps=0)
+  real = {"images": u8, "skipped": np.zeros((b,), np.int32), "context_idx": ctx_idx, "target_idx": tgt_idx}
+  _, metrics = train.run_step(train_step, mesh, c, convert.make_state(built, enc_p, target_p, pred_p), real)
+
+  rows = [("target encoder output, full image", rel_l2(full, full_t), rel_l2(full_t, fp32["full"])),
+          ("context encoder output, context tokens", rel_l2(ctx, ctx_t), rel_l2(ctx_t, fp32["ctx"])),
+          ("predictor output (fp32 encoder context)", rel_l2(pred, by_block(pred_t_out, b, m)),
+           rel_l2(pred_t_out, fp32["pred"])),
+          ("loss (smooth-L1)", rel_l2(loss, loss_t), rel_l2(loss_t, fp32["loss"])),
+          ("make_train_step: loss metric", rel_l2(metrics["loss"], loss_t), rel_l2(loss_t, fp32["loss"]))]
+  for part in ("encoder", "predictor"):
+    rows.append((f"{part} gradients, all leaves", rel_l2(_concat(grads, part), _concat(grads_t, part)),
+                 rel_l2(_concat(grads_t, part), _concat(fp32["grads"], part))))
+  leaf_ratio = {"/".join(k): (rel_l2(grads[k], grads_t[k]), rel_l2(grads_t[k], fp32["grads"][k])) for k in grads}
+  worst = max(leaf_ratio, key=lambda k: leaf_ratio[k][0] / max(leaf_ratio[k][1], TINY))
+  rows.append((f"worst gradient leaf by ratio ({worst})", *leaf_ratio[worst]))
+  return rows
+
+
+def vith14_rows(release_modules, workdir: str, seed: int = 0):
+  """Features of a release ViT-H/14 (random init, target perturbed) on 2 images, bf16 and fp32."""
+  size = dict(name="vith14", image=224, patch=14, channels=3, width=1280, depth=32, heads=16,
+              pred_width=384, pred_depth=1, pred_heads=16, batch=2, mask_mode="release",
+              mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+  import jax
+  import jax.numpy as jnp
+  from cuda_autocast import cuda_autocast
+  from ijepa_jax import convert
+  from ijepa_jax.models import make_models
+  torch, F, vit, helper = release_modules[:4]
+  config = our_config(size)
+  config.mask.min_keep = 10
+  enc_t, pred_t, target_t, optimizer, scaler = release_models(torch, vit, helper, size, seed)
+  path = os.path.join(workdir, "vith14-latest.pth.tar")
+  save_release_checkpoint(torch, path, enc_t, pred_t, target_t, optimizer, scaler, size["batch"])
+  del enc_t, pred_t, optimizer
+  built = convert.build_abstract(config)
+  _, _, target_p = convert.release_params(config, built[1], convert.read_release(path))
+  images = np.random.default_rng(seed).standard_normal((2, 224, 224, 3)).astype(np.float32)
+  imgs_t = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  with torch.no_grad():
+    fp32_t = target_t(imgs_t).numpy()
+    with cuda_autocast(torch):
+      bf16_t = target_t(imgs_t).float().numpy()
+  out = {}
+  for name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
+    encoder, _ = make_models(config.model, 224, 3, dtype)
+    out[name] = np.asarray(jax.jit(encoder.apply)({"params": target_p}, images), np.float32)
+  return [("ViT-H/14 target features, fp32: ours vs release fp32", rel_l2(out["float32"], fp32_t), None),
+          ("ViT-H/14 target features, bf16: ours vs release autocast", rel_l2(out["bfloat16"], bf16_t),
+           rel_l2(bf16_t, fp32_t))]
 
 
 # ============================================================================ report
@@ -368,13 +494,13 @@ def file_hashes(path: str) -> list[tuple[str, str]]:
   return out
 
 
-def write_markdown(out, results, header, argv) -> None:
+def write_markdown(out, results, extra, header, argv) -> None:
   lines = ["# Parity with the PyTorch release: encoders, predictor, one full training step, convert + extract CLIs", ""]
   lines += [f"- {k}: {v}" for k, v in header]
   lines += [f"- command: `python experiments/release_parity.py {' '.join(argv)}`", "",
             f"Relative error = max|ours - release| / max|release| over the tensor; pass if <= {RTOL:g} (fp32).",
             ""]
-  for size, rows, leaf_rows, shapes in results:
+  for size, rows, leaf_rows, shapes, _ in results:
     lines += [f"## {size['name']}: {size['image']}px, patch {size['patch']}, {size['channels']} channel(s), "
               f"encoder {size['width']}x{size['depth']} ({size['heads']} heads), predictor "
               f"{size['pred_width']}x{size['pred_depth']} ({size['pred_heads']} heads), batch {size['batch']}, "
@@ -387,6 +513,20 @@ def write_markdown(out, results, header, argv) -> None:
               "| leaf | max rel. error |", "|---|---|"]
     lines += [f"| {p} | {e:.2e} |" for p, e in leaf_rows]
     lines += ["", "</details>", ""]
+  lines += ["## bf16: ours (`dtype=bfloat16`) against the release under CUDA's autocast (reproduced on CPU)", "",
+            "Relative L2 distance ||a - b|| / ||b||. Pass if ours-vs-release-bf16 <= release-bf16-vs-release-fp32 "
+            "(the release's own bf16 error).", "",
+            "| size | quantity | ours bf16 vs release bf16 | release bf16 vs release fp32 | ratio | result |",
+            "|---|---|---|---|---|---|"]
+  for size, *_, bf16 in results:
+    for q, ours, own in bf16:
+      lines.append(f"| {size['name']} | {q} | {ours:.2e} | {own:.2e} | {ours / max(own, TINY):.2f} | "
+                   f"{'pass' if ours <= own else 'FAIL'} |")
+  for q, ours, own in extra:
+    lines.append(f"| vith14 | {q} | {ours:.2e} | {'' if own is None else f'{own:.2e}'} | "
+                 f"{'' if own is None else f'{ours / max(own, TINY):.2f}'} | "
+                 f"{'pass' if ours <= (RTOL if own is None else own) else 'FAIL'} |")
+  lines.append("")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     f.write("\n".join(lines))
@@ -397,6 +537,8 @@ def main(argv=None) -> int:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--release", required=True, help="checkout of facebookresearch/ijepa (holds src/)")
   parser.add_argument("--out", default=None, help="Markdown results file to write (optional)")
+  parser.add_argument("--vith14", action="store_true",
+                      help="also compare ViT-H/14 features in bf16 and fp32 (~2 min, ~10 GB)")
   parser.add_argument("--release_commit", default=DEFAULT_COMMIT,
                       help="recorded when the checkout has no .git")
   args = parser.parse_args(argv)
@@ -417,6 +559,7 @@ def main(argv=None) -> int:
 
   torch.set_num_threads(min(2, os.cpu_count() or 1))
   sys.path.insert(0, REPO)
+  sys.path.insert(0, os.path.join(REPO, "experiments"))   # cuda_autocast
   sys.path.insert(0, release)
   import torch.nn.functional as F
   import src.helper as helper                  # the release's package 'src', from --release
@@ -432,16 +575,23 @@ def main(argv=None) -> int:
   results, failed = [], []
   with tempfile.TemporaryDirectory() as workdir:
     for size in SIZES:
-      rows, leaf_rows, shapes = run_size(size, modules, workdir)
-      results.append((size, rows, leaf_rows, shapes))
+      results.append((size, *run_size(size, modules, workdir)))
+    extra = vith14_rows(modules, workdir) if args.vith14 else []
 
-  width = max(len(q) for _, rows, _, _ in results for q, _ in rows) + 8
+  width = max(len(q) for _, rows, *_ in results for q, _ in rows) + 8
   print(f"{'quantity':<{width}} {'max rel err':>12}  result")
-  for size, rows, _, _ in results:
+  for size, rows, *_ in results:
     for q, e in rows:
       ok = e <= RTOL
       failed += [] if ok else [f"{size['name']}: {q}"]
       print(f"{size['name'] + ': ' + q:<{width}} {e:>12.2e}  {'pass' if ok else 'FAIL'}")
+  print(f"\nbf16 (relative L2)  {'ours vs release bf16':>22} {'release bf16 vs fp32':>22}  result")
+  bf16 = [(size["name"], q, o, w) for size, *_, rows in results for q, o, w in rows]
+  for name, q, ours, own in bf16 + [("vith14", q, o, w) for q, o, w in extra]:
+    ok = ours <= (RTOL if own is None else own)
+    failed += [] if ok else [f"{name} bf16: {q}"]
+    print(f"{name + ': ' + q:<{width}} {ours:>12.2e} {'' if own is None else f'{own:>12.2e}':>22}  "
+          f"{'pass' if ok else 'FAIL'}")
 
   if args.out:
     date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip() or \
@@ -453,8 +603,8 @@ def main(argv=None) -> int:
               ("release files used (sha256, first 16 hex)",
                ", ".join(f"`{n}` {h}" for n, h in file_hashes(release))),
               ("result", "all pass" if not failed else f"{len(failed)} FAILED: {'; '.join(failed)}")]
-    shown = [f"--release={args.release}", f"--out={args.out}"]
-    write_markdown(args.out, results, header, shown)
+    shown = [f"--release={args.release}", f"--out={args.out}"] + (["--vith14"] if args.vith14 else [])
+    write_markdown(args.out, results, extra, header, shown)
     print(f"wrote {args.out}")
   if failed:
     print(f"release_parity: {len(failed)} check(s) above {RTOL:g}: {'; '.join(failed)}", file=sys.stderr)

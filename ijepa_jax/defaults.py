@@ -20,7 +20,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 40.0
   c.warmup_steps = -1            # >= 0 overrides warmup_epochs
   c.loss = "smooth_l1"           # release: smooth_l1; paper: l2
-  c.dtype = "float32"            # compute dtype: float32 | bfloat16 (params stay float32)
+  c.dtype = "float32"            # float32 | bfloat16: the release's autocast (bf16 matmuls and conv, fp32
+                                 # residual stream, LayerNorm, softmax and loss; fp32 params and optimizer)
   c.grad_accum_steps = 1         # > 1: the step averages gradients over this many micro-batches of the batch
                                  # (activation memory of one micro-batch; one optimizer and EMA update)
 
@@ -29,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
       width=-1, depth=-1, num_heads=-1, mlp_dim=-1,       # -1: from the named size
       predictor_width=384, predictor_depth=12, predictor_heads=-1,  # -1: the encoder's heads
       remat="none",            # none | full | dots | dots_no_batch: activations recomputed in backward
+      attention="xla",         # xla (einsums, any backend) | cudnn (jax.nn.dot_product_attention's fused
+                               # kernel on NVIDIA GPUs, bf16 only; its XLA implementation elsewhere)
   ))
 
   c.data = ml_collections.ConfigDict(dict(

@@ -39,14 +39,13 @@ def _encode(encoder, params, images_nchw):
 
 
 # ============================================================================ Hugging Face
-@pytest.mark.parametrize("width,heads,image,patch", [(64, 4, 32, 4), (384, 6, 224, 16)], ids=["tiny", "small"])
-def test_hf_ijepa_model_parity(tmp_path, width, heads, image, patch):
+def _hf_model(width, heads, image, patch, **kw):
   transformers = pytest.importorskip("transformers")
   pytest.importorskip("safetensors")
   torch.manual_seed(0)
   hf_config = transformers.IJepaConfig(
       hidden_size=width, num_hidden_layers=2, num_attention_heads=heads, intermediate_size=4 * width,
-      image_size=image, patch_size=patch, num_channels=3, layer_norm_eps=1e-6, hidden_act="gelu")
+      image_size=image, patch_size=patch, num_channels=3, layer_norm_eps=1e-6, hidden_act="gelu", **kw)
   model = transformers.IJepaModel(hf_config).eval()
   with torch.no_grad():
     # A real export holds the release's sin-cos table (HF initialises it randomly); random biases
@@ -56,6 +55,13 @@ def test_hf_ijepa_model_parity(tmp_path, width, heads, image, patch):
     for name, p in model.named_parameters():
       if name.endswith("bias") or "layernorm" in name:
         p.add_(0.2 * torch.randn_like(p))
+  return model
+
+
+@pytest.mark.parametrize("width,heads,image,patch", [(64, 4, 32, 4), (384, 6, 224, 16)], ids=["tiny", "small"])
+def test_hf_ijepa_model_parity(tmp_path, width, heads, image, patch):
+  model = _hf_model(width, heads, image, patch)
+  grid = image // patch
   model.save_pretrained(tmp_path / "hf")
   assert (tmp_path / "hf" / "model.safetensors").exists()
 
@@ -77,6 +83,30 @@ def test_hf_ijepa_model_parity(tmp_path, width, heads, image, patch):
   rel = _rel(ours, ref)
   print(f"HF IJepaModel parity ({width} wide, {heads} heads, {grid}x{grid} patches): max rel err {rel:.2e}")
   assert rel <= RTOL
+
+
+def test_bf16_matches_torch_autocast(tmp_path):
+  """dtype=bfloat16 against torch code we did not write: the Hugging Face IJepaModel (eager attention) under
+  CUDA's bf16 autocast as experiments/cuda_autocast.py reproduces it on CPU. The yardstick is torch's own:
+  our bf16 features must be closer to torch's bf16 than torch's bf16 is to its fp32 (relative L2)."""
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  from cuda_autocast import cuda_autocast
+  width, heads, image, patch = 128, 4, 64, 8
+  model = _hf_model(width, heads, image, patch, attn_implementation="eager")
+  model.save_pretrained(tmp_path / "hf")
+  convert.convert(_geometry(image, patch, width, 2, heads, dtype="bfloat16"), str(tmp_path / "out"),
+                  hf_path=str(tmp_path / "hf"), log=lambda _: None)
+  config, encoder, state = train.load(str(tmp_path / "out"))
+  assert config.dtype == "bfloat16" and encoder.dtype == jax.numpy.bfloat16
+  images = np.random.default_rng(0).standard_normal((4, 3, image, image)).astype(np.float32)
+  with torch.no_grad():
+    fp32 = model(pixel_values=torch.from_numpy(images)).last_hidden_state.numpy()
+    with cuda_autocast(torch):
+      bf16 = model(pixel_values=torch.from_numpy(images)).last_hidden_state.float().numpy()
+  ours = _encode(encoder, state.target, images)
+  dist = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))
+  print(f"bf16: ours vs torch autocast {dist(ours, bf16):.2e}; torch autocast vs fp32 {dist(bf16, fp32):.2e}")
+  assert dist(ours, bf16) <= 0.5 * dist(bf16, fp32)
 
 
 def test_hf_transformers_v4_names_are_accepted():

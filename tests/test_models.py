@@ -5,6 +5,7 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -276,21 +277,109 @@ def test_logical_axis_names(enc_and_vars, pred_and_vars):
 
 # ---------------------------------------------------------------- dtype / remat
 
-def test_bf16_compute(enc_and_vars, pred_and_vars, images):
+def _dots(jaxpr):
+  """Every dot_general in a jaxpr (through pjit, custom_vjp and remat sub-jaxprs): operand dtypes."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      out.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      out += _dots(sub)
+  return out
+
+
+def test_bf16_is_the_release_autocast(enc_and_vars, pred_and_vars, images):
+  """dtype=bfloat16: fp32 params; bf16 matmuls in the forward and the backward (never fp32 x bf16); an fp32
+  residual stream, so the encoder's output and its sown block outputs are fp32; the predictor's output is
+  its bf16 projection. (The numbers against torch's autocast: tests/test_convert.py, experiments/.)"""
   _, v = enc_and_vars
   enc = _encoder(dtype=jnp.bfloat16)
-  # params are float32 regardless of the compute dtype
   shapes = jax.eval_shape(enc.init, jax.random.key(0), images)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(shapes)))
-  out = _apply(enc, v, images)  # float32 params, bf16 compute
-  assert out.dtype == jnp.bfloat16 and out.shape == (2, N, D)
-  assert np.all(np.isfinite(np.asarray(out, np.float32)))
+  out, inter = jax.jit(functools.partial(enc.apply, mutable=["intermediates"]))(v, images)
+  assert out.dtype == jnp.float32 and out.shape == (2, N, D)
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(inter))
+  np.testing.assert_allclose(out, _apply(_encoder(), v, images), atol=0.05)   # bf16 error on unit-scale outputs
   pred = _predictor(dtype=jnp.bfloat16)
   _, pv, (ctx, cidx, tidx) = pred_and_vars
-  pshapes = jax.eval_shape(pred.init, jax.random.key(1), ctx, cidx, tidx)
-  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(nn.unbox(pshapes)))
-  pout = jax.eval_shape(pred.apply, pv, out[:, :5], cidx, tidx)
+  pout = _apply(pred, pv, out[:, :5], cidx, tidx)
   assert pout.dtype == jnp.bfloat16 and pout.shape == (2, 2, 3, D)
+
+  def loss(params, pparams):
+    z = enc.apply(params, images, cidx)
+    return jnp.sum(jnp.square(pred.apply(pparams, z, cidx, tidx).astype(jnp.float32)))
+
+  dots = _dots(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(v, pv).jaxpr)
+  # fwd: patch embed + 2 blocks x 4 in the encoder, 2 Linears + 1 block x 4 in the predictor, then 3x that in bwd
+  assert len(dots) >= 3 * (1 + 2 * 4 + 2 + 4)
+  assert set(dots) == {("bfloat16", "bfloat16")}, sorted(set(dots))
+
+
+def test_bf16_linear_rounds_once_like_torch():
+  """matmul in bf16: the product accumulated in fp32 plus the bias, rounded to bf16 once (what torch's
+  autocast Linear returns); a bf16 product plus a bf16 bias would round twice."""
+  from ijepa_jax.models.vit import matmul
+  rng = np.random.default_rng(0)
+  x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((64, 48), (48, 40), (40,)))
+  r = lambda a: np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+  exact = r(r(x) @ r(w) + r(b))          # fp64 of the bf16 inputs, one rounding
+  ours = np.asarray(jax.jit(lambda *a: matmul("ti,io->to", *a, jnp.bfloat16))(x, w, b).astype(jnp.float32))
+  assert np.mean(ours == exact) > 0.999
+  twice = r(r(r(x) @ r(w)) + r(b))
+  assert np.mean(twice == exact) < 0.9     # the check can tell the two apart
+  g = jax.grad(lambda x, w, b: jnp.sum(matmul("ti,io->to", x, w, b, jnp.bfloat16).astype(jnp.float32) ** 2),
+               argnums=(0, 1, 2))(x, w, b)
+  ref = jax.grad(lambda x, w, b: jnp.sum((x @ w + b) ** 2), argnums=(0, 1, 2))(x, w, b)
+  for a, e in zip(g, ref):
+    assert a.dtype == jnp.float32 and np.linalg.norm(a - e) / np.linalg.norm(e) < 1e-2
+
+
+@pytest.mark.parametrize("policy", ["dots", "dots_no_batch"])
+def test_bf16_remat_dots_keep_the_linear_outputs(images, policy):
+  """The bf16 Linears are custom_vjp calls, invisible to the dots policies: they are saved by name, so a
+  policy keeps the same Linear outputs in bf16 as it keeps dot outputs in fp32."""
+  from jax.ad_checkpoint import print_saved_residuals
+  import contextlib, io
+
+  def saved(dtype):
+    enc = _encoder(dtype=dtype, remat=policy, depth=1)
+    v = _init(enc, 1, images)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+      print_saved_residuals(lambda p: enc.apply(p, images).sum(), v)
+    return buf.getvalue()
+
+  fp32_linears = saved(jnp.float32).count("output of dot_general from") - (2 if policy == "dots" else 0)  # attention's
+  assert fp32_linears >= 2 and saved(jnp.bfloat16).count("named 'linear'") == fp32_linears
+
+
+def test_attention_cudnn_path_equals_the_einsums(images, caplog):
+  """model.attention=cudnn goes through jax.nn.dot_product_attention (its XLA implementation off GPU, said
+  once): same outputs and gradients as the einsum path within bf16 error."""
+  import logging
+  from ijepa_jax.models import vit
+  ref, fused = _encoder(dtype=jnp.bfloat16, depth=1), _encoder(dtype=jnp.bfloat16, depth=1, attention="cudnn")
+  v = _init(ref, 1, images)
+  vit._said.clear()
+  with caplog.at_level(logging.WARNING):
+    a, b = _apply(ref, v, images), _apply(fused, v, images)
+    _apply(fused, v, images[:1])                       # a second trace says nothing more
+  if jax.default_backend() != "gpu":
+    assert sum("model.attention=cudnn: no GPU" in r.message for r in caplog.records) == 1
+  assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-2
+  loss = lambda m: jax.jit(jax.grad(lambda p: jnp.sum(m.apply(p, images) ** 2)))
+  for x, y in zip(jax.tree_util.tree_leaves(nn.unbox(loss(ref)(v))), jax.tree_util.tree_leaves(nn.unbox(loss(fused)(v)))):
+    assert np.linalg.norm(x - y) <= 3e-2 * np.linalg.norm(x) + 1e-6
+
+
+def test_attention_setting_is_checked():
+  base = dict(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4)
+  enc, pred = make_models(ConfigDict(dict(base, attention="cudnn")), 16, 3, jnp.bfloat16)
+  assert enc.attention == pred.attention == "cudnn"
+  with pytest.raises(ConfigError, match="model.attention='flash' is not one of"):
+    make_models(ConfigDict(dict(base, attention="flash")), 16, 3, jnp.bfloat16)
+  with pytest.raises(ConfigError, match="needs --config.dtype=bfloat16"):
+    make_models(ConfigDict(dict(base, attention="cudnn")), 16, 3, jnp.float32)
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])

@@ -8,6 +8,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ijepa_jax import sharding
+from ijepa_jax.models.vit import layer_norm
 from ijepa_jax.step import normalise
 
 
@@ -25,7 +26,7 @@ def tokens(encoder: nn.Module, params, x: jax.Array, layers: str = "last") -> ja
   _, inter = encoder.apply({"params": params}, x, mutable=["intermediates"])
   depth = encoder.depth
   outs = [inter["intermediates"][f"block_{i}"][0] for i in range(max(0, depth - 4), depth)]
-  norm = nn.LayerNorm(epsilon=1e-6, dtype=encoder.dtype)
+  norm = layer_norm("norm")  # the encoder's final LayerNorm (fp32, as in the encoder)
   return jnp.concatenate([norm.apply({"params": params["norm"]}, o) for o in outs], axis=-1)
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
+
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.models.predictor import Predictor
-from ijepa_jax.models.vit import REMAT_POLICIES, VIT_SIZES, VisionTransformer, sincos_pos_embed_2d
+from ijepa_jax.models.vit import ATTENTION, REMAT_POLICIES, VIT_SIZES, VisionTransformer, sincos_pos_embed_2d
 
 __all__ = ["VisionTransformer", "Predictor", "VIT_SIZES", "sincos_pos_embed_2d", "make_models"]
 
@@ -24,7 +26,7 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
   Keys: name (VIT_SIZES key), patch_size, optional width / depth / num_heads /
   mlp_dim overrides (-1 or missing = from VIT_SIZES), predictor_width (384),
   predictor_depth (12), predictor_heads (-1 = encoder heads), remat (a REMAT_POLICIES key;
-  True / False, as older configs have it, mean 'full' / 'none').
+  True / False, as older configs have it, mean 'full' / 'none'), attention ('xla' | 'cudnn').
   The encoder is used for both the context and the target encoder.
   """
   name = model_cfg.get("name", None)
@@ -43,6 +45,13 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
   if remat not in REMAT_POLICIES:
     raise ConfigError(f"model.remat={remat!r} is not one of {sorted(REMAT_POLICIES)}: set e.g. "
                       f"--config.model.remat=full (least memory) or none (fastest).")
+  attention = model_cfg.get("attention", "xla")
+  if attention not in ATTENTION:
+    raise ConfigError(f"model.attention={attention!r} is not one of {list(ATTENTION)}: xla (einsums, any "
+                      "backend) or cudnn (fused attention on NVIDIA GPUs).")
+  if attention == "cudnn" and jnp.dtype(dtype) == jnp.float32:
+    raise ConfigError("model.attention=cudnn needs --config.dtype=bfloat16 (cuDNN's fused attention has no "
+                      "fp32 kernel); use model.attention=xla for float32.")
 
   if patch_size <= 0 or image_size % patch_size != 0:
     raise ConfigError(
@@ -85,6 +94,7 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
     mlp_dim=mlp_dim,
     dtype=dtype,
     remat=remat,
+    attention=attention,
   )
   predictor = Predictor(
     grid=image_size // patch_size,
@@ -95,5 +105,6 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
     mlp_dim=None,
     dtype=dtype,
     remat=remat,
+    attention=attention,
   )
   return encoder, predictor

@@ -25,6 +25,11 @@ class Predictor(nn.Module):
     -> [B, M, Kt, D]
   Each of the M target blocks is its own sequence (context + its mask tokens),
   so target blocks never attend to one another.
+
+  Precision as the release's autocast (see models/vit.py): the embedded context plus its positions is
+  rounded to `dtype` (the release adds them in place into the bf16 Linear output), the mask tokens plus
+  positions are fp32, their concatenation promotes to an fp32 stream, and the output is the `dtype`
+  projection.
   """
 
   grid: int
@@ -35,6 +40,7 @@ class Predictor(nn.Module):
   mlp_dim: int | None = None
   dtype: Dtype = jnp.float32
   remat: str = "none"  # a vit.REMAT_POLICIES key
+  attention: str = "xla"  # a vit.ATTENTION value
 
   @nn.compact
   def __call__(self, context: jax.Array, context_idx: jax.Array, target_idx: jax.Array) -> jax.Array:
@@ -44,10 +50,10 @@ class Predictor(nn.Module):
     b, kc, _ = context.shape
     _, m, kt = target_idx.shape
     mlp_dim = self.mlp_dim if self.mlp_dim is not None else 4 * self.width
-    pos = jnp.asarray(sincos_pos_embed_2d(self.width, self.grid, self.grid), dtype=self.dtype)
+    pos = jnp.asarray(sincos_pos_embed_2d(self.width, self.grid, self.grid), jnp.float32)
 
     x = dense(self.width, ("embed_in", "embed"), ("embed",), self.dtype, "predictor_embed")(context)
-    x = x + pos[context_idx]  # [B, Kc, W]
+    x = (x + pos[context_idx]).astype(x.dtype)  # [B, Kc, W]; the release's `x += pos` keeps x's dtype
 
     mask_token = self.param(
       "mask_token",
@@ -55,16 +61,16 @@ class Predictor(nn.Module):
       (1, 1, self.width),
       jnp.float32,
     )
-    tgt = mask_token.astype(self.dtype)[None] + pos[target_idx]  # [B, M, Kt, W]
-    ctx = jnp.broadcast_to(x[:, None], (b, m, kc, self.width))
-    x = jnp.concatenate([ctx, tgt.astype(ctx.dtype)], axis=2)  # [B, M, Kc+Kt, W]
+    tgt = mask_token[None] + pos[target_idx]  # [B, M, Kt, W], fp32
+    ctx = jnp.broadcast_to(x[:, None], (b, m, kc, self.width)).astype(jnp.float32)
+    x = jnp.concatenate([ctx, tgt], axis=2)  # [B, M, Kc+Kt, W], fp32 as torch.cat promotes
     x = x.reshape(b * m, kc + kt, self.width)
     x = constrain(x)
 
     block_cls = block_class(self.remat)
     for i in range(self.depth):
-      x = block_cls(self.width, self.num_heads, mlp_dim, self.dtype, name=f"blocks_{i}")(x)
-    x = layer_norm(self.dtype, "predictor_norm")(x)
+      x = block_cls(self.width, self.num_heads, mlp_dim, self.dtype, self.attention, name=f"blocks_{i}")(x)
+    x = layer_norm("predictor_norm")(x)
     x = x[:, kc:]
     x = dense(self.embed_width, ("embed", "embed_out"), ("embed_out",), self.dtype, "predictor_proj")(x)
     return x.reshape(b, m, kt, self.embed_width)

@@ -2,16 +2,29 @@
 
 Pre-norm transformer blocks, fixed 2-D sin-cos positional embedding, optional
 token gathering (for the context encoder) before the blocks.
+
+Precision follows the release's `torch.cuda.amp.autocast(dtype=bfloat16)` over fp32 parameters, with
+`dtype` the autocast dtype (float32: everything fp32):
+  * matmuls and the patch conv take `dtype` inputs and give `dtype` outputs (XLA accumulates bf16
+    products in fp32 on GPU and TPU); attention logits are scaled in `dtype`, as `(q @ k^T) * scale`;
+  * LayerNorm and softmax run in fp32 and return fp32 (CUDA autocast's float32 list);
+  * GELU computes in fp32 and rounds to `dtype`, as torch's bf16 CUDA kernel does;
+  * the residual stream is fp32: the positional embedding is added in fp32 and each block adds its
+    `dtype` branch to an fp32 stream (fp32 + bf16 promotes to fp32), so the encoder's output (its
+    final LayerNorm) is fp32.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 
@@ -46,10 +59,11 @@ def _ones(names):
   return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
 
 
-def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
+def layer_norm(name: str) -> nn.LayerNorm:
+  """LayerNorm in fp32, whatever the compute dtype (autocast's float32 list)."""
   return nn.LayerNorm(
     epsilon=LN_EPS,
-    dtype=dtype,
+    dtype=jnp.float32,
     param_dtype=jnp.float32,
     scale_init=_ones(("norm",)),
     bias_init=_zeros(("norm",)),
@@ -57,16 +71,8 @@ def layer_norm(dtype: Dtype, name: str) -> nn.LayerNorm:
   )
 
 
-def dense(features: int, kernel_names, bias_names, dtype: Dtype, name: str) -> nn.Dense:
-  return nn.Dense(
-    features,
-    use_bias=True,
-    dtype=dtype,
-    param_dtype=jnp.float32,
-    kernel_init=_normal(kernel_names),
-    bias_init=_zeros(bias_names),
-    name=name,
-  )
+def dense(features: int, kernel_names, bias_names, dtype: Dtype, name: str) -> "Linear":
+  return Linear(features, kernel_names, bias_names, dtype, name=name)
 
 
 def constrain(x: jax.Array, names=("act_batch", "act_length", "act_embed")) -> jax.Array:
@@ -105,47 +111,110 @@ def sincos_pos_embed_2d(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
 # Transformer block
 # --------------------------------------------------------------------------
 
-class _HeadsProjection(nn.Module):
-  """A Dense layer applied with its head axes split out of the kernel.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _rounded_once(equation: str, x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """einsum(x, kernel) + bias, all in a low dtype: products and the bias added in fp32, rounded once.
 
-  Same parameters as nn.Dense ('kernel' [in, out], 'bias' [out]), so checkpoints and the release's
-  weights map one-to-one; the einsum `equation` with `kernel_shape` says how an axis factors ('qkv'
-  output: [3][heads][head_dim], torch's q|k|v head-major; 'proj' input: [heads][head_dim]).
+  That is what torch's autocast Linear / conv do (one bf16 rounding of the fused output); a bf16 einsum
+  followed by a bf16 bias add rounds twice and flips ~27% of the outputs' last bits. The backward pass is
+  the plain low-dtype einsum's (low-dtype cotangents and matmuls, as torch's), not the mixed fp32 x bf16
+  matmuls that differentiating the fp32-accumulated einsum would give.
+  """
+  y = jnp.einsum(equation, x, kernel, preferred_element_type=jnp.float32)
+  return (y + bias.astype(jnp.float32)).astype(x.dtype)
+
+
+def _rounded_once_fwd(equation, x, kernel, bias):
+  return _rounded_once(equation, x, kernel, bias), (x, kernel, bias)
+
+
+def _rounded_once_bwd(equation, residuals, g):
+  x, kernel, bias = residuals
+  _, matmul_vjp = jax.vjp(lambda x, k: jnp.einsum(equation, x, k), x, kernel)
+  _, bias_vjp = jax.vjp(lambda b: jnp.broadcast_to(b.astype(jnp.float32), g.shape), bias)
+  return (*matmul_vjp(g), *bias_vjp(g.astype(jnp.float32)))   # bias: summed in fp32, rounded once
+
+
+_rounded_once.defvjp(_rounded_once_fwd, _rounded_once_bwd)
+
+
+def matmul(equation: str, x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: Dtype) -> jax.Array:
+  """einsum(equation, x, kernel) + bias in `dtype` as the release's autocast computes a Linear or conv:
+  inputs and bias rounded to dtype, fp32 accumulation, the output rounded once (fp32: plain fp32)."""
+  if jnp.dtype(dtype) == jnp.float32:
+    return jnp.einsum(equation, x.astype(jnp.float32), kernel) + bias
+  # Named, because remat's "dots" policies see a custom_vjp as no dot (REMAT_POLICIES saves this name).
+  return checkpoint_name(_rounded_once(equation, x.astype(dtype), kernel.astype(dtype), bias.astype(dtype)),
+                         "linear")
+
+
+class Linear(nn.Module):
+  """A Linear layer (and the patch conv) through `matmul`, with nn.Dense's parameters.
+
+  'kernel' [in, out] and 'bias' [out] (or kernel_shape, e.g. the patch embedding's [p, p, C, D] as
+  nn.Conv has it), so checkpoints and the release's weights map one-to-one. __call__'s einsum
+  `equation`, with the kernel viewed as `kernel_view` and the bias as `bias_view`, says how axes
+  factor ('qkv' output: [3][heads][head_dim], torch's q|k|v head-major; 'proj' input: [heads][head_dim]).
   """
 
-  in_features: int
   features: int
   kernel_names: tuple
+  bias_names: tuple
   dtype: Dtype = jnp.float32
+  kernel_shape: tuple | None = None   # default [x.shape[-1], features]
 
   @nn.compact
-  def __call__(self, x: jax.Array, equation: str, kernel_shape: tuple, bias_shape: tuple) -> jax.Array:
-    kernel = self.param("kernel", _normal(self.kernel_names), (self.in_features, self.features), jnp.float32)
-    bias = self.param("bias", _zeros(self.kernel_names[1:]), (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    return jnp.einsum(equation, x, kernel.reshape(kernel_shape)) + bias.reshape(bias_shape)
+  def __call__(self, x: jax.Array, equation: str = "...i,io->...o", kernel_view: tuple | None = None,
+               bias_view: tuple | None = None) -> jax.Array:
+    shape = self.kernel_shape or (x.shape[-1], self.features)
+    kernel = self.param("kernel", _normal(self.kernel_names), shape, jnp.float32)
+    bias = self.param("bias", _zeros(self.bias_names), (self.features,), jnp.float32)
+    kernel = kernel if kernel_view is None else kernel.reshape(kernel_view)
+    bias = bias if bias_view is None else bias.reshape(bias_view)
+    return matmul(equation, x, kernel, bias, self.dtype)
+
+
+ATTENTION = ("xla", "cudnn")   # model.attention
+_said = set()
+
+
+def _say_once(message: str) -> None:
+  if message not in _said:
+    _said.add(message)
+    logging.warning(message)
 
 
 class Attention(nn.Module):
+  """Multi-head self-attention. attention='xla': explicit einsums (below); 'cudnn': the fused kernel of
+  jax.nn.dot_product_attention on NVIDIA GPUs (bf16/fp16 only), its XLA implementation elsewhere."""
+
   width: int
   num_heads: int
   dtype: Dtype = jnp.float32
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, t, d = x.shape
     h, hd = self.num_heads, self.width // self.num_heads
+    qkv = Linear(3 * self.width, ("embed", "qkv"), ("qkv",), self.dtype, (d, 3 * self.width), name="qkv")
+    proj = Linear(self.width, ("heads", "embed"), ("embed",), self.dtype, (self.width, self.width), name="proj")
+    if self.attention == "cudnn":
+      q, k, v = qkv(x, "btd,dshk->sbthk", (d, 3, h, hd), (3, 1, 1, h, hd))   # [B, T, H, hd] each
+      implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
+      if implementation != "cudnn":
+        _say_once(f"model.attention=cudnn: no GPU (backend {jax.default_backend()!r}); using "
+                  "jax.nn.dot_product_attention's XLA implementation")
+      out = jax.nn.dot_product_attention(q, k, v, scale=hd ** -0.5, implementation=implementation)
+      return proj(out, "bthk,hkd->btd", (h, hd, self.width), (self.width,))
     # Heads-major layouts straight out of the projections ([3, B, H, T, hd] and back from [B, H, T, hd]):
     # on CPU this is ~30% faster fwd + bwd than [B, T, H, hd] through jax.nn.dot_product_attention,
     # whose einsums make XLA transpose every activation and its gradient.
-    qkv = _HeadsProjection(d, 3 * self.width, ("embed", "qkv"), self.dtype, name="qkv")(
-        x, "btd,dshk->sbhtk", (d, 3, h, hd), (3, 1, h, 1, hd))
-    q, k, v = qkv[0], qkv[1], qkv[2]
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * hd ** -0.5  # release: (q @ k^T) * scale
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    q, k, v = qkv(x, "btd,dshk->sbhtk", (d, 3, h, hd), (3, 1, h, 1, hd))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * hd ** -0.5  # release: (q @ k^T) * scale, in the matmul's dtype
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)  # softmax in fp32
     out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-    return _HeadsProjection(self.width, self.width, ("heads", "embed"), self.dtype, name="proj")(
-        out, "bhtk,hkd->btd", (h, hd, self.width), (self.width,))
+    return proj(out, "bhtk,hkd->btd", (h, hd, self.width), (self.width,))
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -153,8 +222,10 @@ def gelu(x: jax.Array) -> jax.Array:
 
   jax.nn.gelu(approximate=False) uses erfc, which XLA expands into a piecewise polynomial that costs
   about 1.4x as much on CPU, fwd + bwd; the two agree to ~1e-6 absolute in float32.
+  Computed in fp32 and returned in x's dtype (torch's bf16 kernels compute in fp32 and round once).
   """
-  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
+  y = x.astype(jnp.float32)
+  return (0.5 * y * (1.0 + jax.lax.erf(y * 2 ** -0.5))).astype(x.dtype)
 
 
 class Mlp(nn.Module):
@@ -171,28 +242,33 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block: x += Attn(LN1(x)); x += MLP(LN2(x))."""
+  """Pre-norm transformer block: x += Attn(LN1(x)); x += MLP(LN2(x)). The stream x is fp32; the
+  branches compute in `dtype` and are added to it in fp32."""
 
   width: int
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = layer_norm(self.dtype, "norm1")(x)
-    x = x + Attention(self.width, self.num_heads, self.dtype, name="attn")(y)
-    y = layer_norm(self.dtype, "norm2")(x)
+    y = layer_norm("norm1")(x)
+    x = x + Attention(self.width, self.num_heads, self.dtype, self.attention, name="attn")(y)
+    y = layer_norm("norm2")(x)
     x = x + Mlp(self.width, self.mlp_dim, self.dtype, name="mlp")(y)
     return constrain(x)
 
 
 # model.remat: which activations of a block are kept for the backward pass; the others are recomputed.
+_policies = jax.checkpoint_policies
+_linear = _policies.save_only_these_names("linear")   # bf16 Linear outputs (see matmul)
 REMAT_POLICIES = {
     "none": None,                                                  # keep everything (fastest)
-    "full": jax.checkpoint_policies.nothing_saveable,              # keep only each block's input
-    "dots": jax.checkpoint_policies.dots_saveable,                 # keep matmul outputs, recompute the rest
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # ... except attention's
+    "full": _policies.nothing_saveable,                            # keep only each block's input
+    "dots": _policies.save_from_both_policies(_policies.dots_saveable, _linear),  # keep matmul outputs
+    "dots_no_batch": _policies.save_from_both_policies(           # ... except attention's
+        _policies.dots_with_no_batch_dims_saveable, _linear),
 }
 
 
@@ -215,8 +291,8 @@ class VisionTransformer(nn.Module):
   """ViT encoder without CLS token.
 
   __call__(images [B, H, W, C], token_idx int32 [B, K] | None) -> [B, K or N, D]
-  Per-block outputs (before the final norm) are sown into the
-  'intermediates' collection as 'block_{i}'.
+  Per-block outputs (before the final norm, fp32) are sown into the
+  'intermediates' collection as 'block_{i}'. The output is fp32 (the final LayerNorm's).
   """
 
   image_size: int
@@ -228,6 +304,7 @@ class VisionTransformer(nn.Module):
   mlp_dim: int
   dtype: Dtype = jnp.float32
   remat: str = "none"  # a REMAT_POLICIES key
+  attention: str = "xla"  # an ATTENTION value
 
   @property
   def grid(self) -> int:
@@ -250,29 +327,20 @@ class VisionTransformer(nn.Module):
         "VisionTransformer: expected images of shape [B, "
         f"{self.image_size}, {self.image_size}, {self.channels}], got {images.shape}"
       )
-    p = self.patch_size
-    x = nn.Conv(
-      self.width,
-      kernel_size=(p, p),
-      strides=(p, p),
-      padding="VALID",
-      use_bias=True,
-      dtype=self.dtype,
-      param_dtype=jnp.float32,
-      kernel_init=_normal(("patch_h", "patch_w", "channels", "embed")),
-      bias_init=_zeros(("embed",)),
-      name="patch_embed",
-    )(images)
-    b = x.shape[0]
+    p, g, b = self.patch_size, self.grid, images.shape[0]
+    # The conv with kernel = stride = p, as an einsum over non-overlapping p x p patches (nn.Conv's kernel).
+    patches = images.reshape(b, g, p, g, p, self.channels)
+    x = Linear(self.width, ("patch_h", "patch_w", "channels", "embed"), ("embed",), self.dtype,
+               kernel_shape=(p, p, self.channels, self.width), name="patch_embed")(patches, "bhpwqc,pqcd->bhwd")
     x = x.reshape(b, self.num_patches, self.width)  # row-major tokens
     pos = sincos_pos_embed_2d(self.width, self.grid, self.grid)
-    x = x + jnp.asarray(pos, dtype=self.dtype)[None]
+    x = x + jnp.asarray(pos, jnp.float32)[None]  # fp32: the release adds its fp32 pos_embed to the bf16 conv
     if token_idx is not None:
       x = jnp.take_along_axis(x, token_idx[..., None].astype(jnp.int32), axis=1)
     x = constrain(x)
 
     block_cls = block_class(self.remat)
     for i in range(self.depth):
-      x = block_cls(self.width, self.num_heads, self.mlp_dim, self.dtype, name=f"blocks_{i}")(x)
+      x = block_cls(self.width, self.num_heads, self.mlp_dim, self.dtype, self.attention, name=f"blocks_{i}")(x)
       self.sow("intermediates", f"block_{i}", x)
-    return layer_norm(self.dtype, "norm")(x)
+    return layer_norm("norm")(x)
