@@ -10,7 +10,12 @@ separates them, on one config, so that a change to any of them can be judged by 
     images/s, and the number of compilations (must be 1: shapes are static);
   * FLOPs of one step, counted analytically per image (matmuls and attention only; backward = 2x
     forward) next to XLA's own count (compiled.cost_analysis()), achieved FLOP/s and MFU against
-    --peak_tflops or, with --measure_peak, against a large fp32 matmul timed in the same run;
+    --peak_tflops, --chip_peak (the chip's dense peak for the config's dtype, from CHIP_PEAK_TFLOPS) or,
+    with --measure_peak, against a large fp32 matmul timed in the same run;
+  * the device's peak memory (memory_stats(), where the backend has it); with --fit_batch, the largest
+    of the given per-device batches whose compiled step fits the device's memory (compiled, not run);
+  * with --precision_check, the first step's loss on the same batch and initial state in the config's
+    dtype and in float32;
   * the host side: the mask sampler alone and the whole grain pipeline (images/s, this process);
   * with --reference (a checkout of facebookresearch/ijepa): its MaskCollator and its own train step
     (src/train.py's sequence, single process, fp32 CPU) on the same config, batch and mask settings.
@@ -55,6 +60,13 @@ _REFERENCE = flags.DEFINE_string("reference", None,
 _PEAK_TFLOPS = flags.DEFINE_float("peak_tflops", None, "Peak FLOP/s of the device in TFLOP/s, for MFU.")
 _MEASURE_PEAK = flags.DEFINE_bool("measure_peak", False,
                                   "Use the rate of a jitted fp32 matmul measured in this run as the peak for MFU.")
+_CHIP_PEAK = flags.DEFINE_bool("chip_peak", False,
+                                "MFU against the chip's dense peak for the config's dtype (CHIP_PEAK_TFLOPS).")
+_FIT_BATCH = flags.DEFINE_list(
+    "fit_batch", None, "Per-device batches to try, largest first: the first whose compiled step fits the device's "
+    "memory (memory_analysis vs memory_stats()['bytes_limit']) is timed; config.batch_size is ignored.")
+_PRECISION_CHECK = flags.DEFINE_bool("precision_check", False,
+                                     "Also the first step's loss in float32 on the same batch and initial state.")
 _PEAK_SIZE = flags.DEFINE_integer("peak_size", 4096, "Side of the square matrices of --measure_peak.")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 30,
                                          "Timed batches of the grain pipeline (many more than its prefetch buffer).")
@@ -68,7 +80,32 @@ _NOTE = flags.DEFINE_string("note", "", "A remark recorded with the results (e.g
 _OUT = flags.DEFINE_string("out", DEFAULT_OUT, "Markdown file the results section is appended to.")
 flags.mark_flags_as_required(["config"])
 USAGE = ("python experiments/benchmark.py --config=configs/NAME.py [--config.KEY=VALUE ...] [--steps=20] "
-         "[--reference=PATH] [--peak_tflops=X | --measure_peak] [--out=FILE]")
+         "[--reference=PATH] [--peak_tflops=X | --chip_peak | --measure_peak] [--fit_batch=256,128] "
+         "[--precision_check] [--out=FILE]")
+
+# Dense (no sparsity) peak TFLOP/s per chip as jax names it (device_kind), for --chip_peak: bf16 and fp32
+# (fp32: the tensor-core TF32 rate on NVIDIA parts, which XLA uses for fp32 matmuls by default; TPUs: bf16
+# passes). From the vendors' data sheets (SXM parts for NVIDIA).
+CHIP_PEAK_TFLOPS = (
+    (r"H200", dict(bfloat16=989.4, float32=494.7)),
+    (r"H100.*PCIe", dict(bfloat16=756.0, float32=378.0)),
+    (r"H100", dict(bfloat16=989.4, float32=494.7)),
+    (r"A100", dict(bfloat16=312.0, float32=156.0)),
+    (r"L4$", dict(bfloat16=121.0, float32=60.0)),
+    (r"TPU v4", dict(bfloat16=275.0, float32=275.0)),
+    (r"TPU v5 lite|TPU v5e", dict(bfloat16=197.0, float32=197.0)),
+    (r"TPU v5", dict(bfloat16=459.0, float32=459.0)),
+    (r"TPU v6", dict(bfloat16=918.0, float32=918.0)),
+)
+
+
+def chip_peak(device_kind: str, dtype: str) -> float | None:
+  """TFLOP/s of CHIP_PEAK_TFLOPS for a device_kind, or None for a chip not in the table."""
+  import re
+  for pattern, peaks in CHIP_PEAK_TFLOPS:
+    if re.search(pattern, device_kind):
+      return peaks[dtype]
+  return None
 
 
 # ============================================================================ analytic FLOPs
@@ -105,8 +142,8 @@ def step_flops(*, grid: int, patch: int, channels: int, width: int, depth: int, 
 
 def config_flops(config, num_context: int, num_targets: int, num_target: int) -> dict:
   from ijepa_jax.models import make_models
-  import jax.numpy as jnp
-  encoder, predictor = make_models(config.model, config.data.image_size, config.data.channels, jnp.float32)
+  from ijepa_jax.train import DTYPES
+  encoder, predictor = make_models(config.model, config.data.image_size, config.data.channels, DTYPES[config.dtype])
   return step_flops(grid=encoder.grid, patch=encoder.patch_size, channels=encoder.channels, width=encoder.width,
                     depth=encoder.depth, mlp=encoder.mlp_dim, pred_width=predictor.width,
                     pred_depth=predictor.depth, pred_mlp=predictor.mlp_dim or 4 * predictor.width,
@@ -144,13 +181,37 @@ def eng(x: float) -> str:
 
 
 # ============================================================================ our step
-def bench_ours(config, sampler, steps: int, warmup: int) -> dict:
+def _memory_stats(device) -> dict:
+  try:
+    return device.memory_stats() or {}
+  except Exception:  # backends without it (some CPU builds) raise instead of returning None
+    return {}
+
+
+def _needed_bytes(compiled) -> int | None:
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+             + m.generated_code_size_in_bytes)
+
+
+def bench_ours(config, sampler, steps: int, warmup: int, fit_batch=None) -> dict:
+  """Times our step. fit_batch: per-device batches, largest first; the first that fits is used."""
   import flax.linen as nn
   import jax
   from ijepa_jax import sharding, train
 
   mesh = sharding.make_mesh(config.mesh)
   dp = sharding.data_parallel_size(mesh)
+  limit = _memory_stats(mesh.devices.flat[0]).get("bytes_limit")
+  tried = []
+  for per_device in fit_batch or []:
+    config.batch_size = int(per_device) * dp
+    compiled, needed, lower_s, compile_s = _compile(config, mesh, sampler)
+    tried.append((int(per_device), needed))
+    if limit is None or needed is None or needed <= 0.95 * limit:
+      break
   if config.batch_size % dp:
     raise train.ConfigError(f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp}: "
                             f"change --config.batch_size.")
@@ -174,6 +235,7 @@ def bench_ours(config, sampler, steps: int, warmup: int) -> dict:
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
+  needed = _needed_bytes(compiled)
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   # An SPMD program's cost analysis counts one device's share: times the devices for the whole step.
@@ -183,6 +245,7 @@ def bench_ours(config, sampler, steps: int, warmup: int) -> dict:
   state, m = train.run_step(train_step, mesh, config, state, batches[0])  # first call: dispatch caches
   jax.block_until_ready((state, m))
   first = time.perf_counter() - t3
+  first_loss = float(m["loss"])
   for i in range(warmup):
     state, m = train.run_step(train_step, mesh, config, state, batches[(i + 1) % len(batches)])
   jax.block_until_ready((state, m))
@@ -193,9 +256,45 @@ def bench_ours(config, sampler, steps: int, warmup: int) -> dict:
     jax.block_until_ready((state, m))
     times.append(time.perf_counter() - t)
   loss = float(m["loss"])
+  stats = _memory_stats(mesh.devices.flat[0])
   return dict(lower_s=t1 - t0, compile_s=t2 - t1, first_call_s=first, times=spread(times),
-              compiles=int(train_step._cache_size()), xla_flops=xla_flops, loss=loss,
-              devices=f"{len(mesh.devices.flat)} x {mesh.devices.flat[0].device_kind}", mesh=dict(mesh.shape))
+              compiles=int(train_step._cache_size()), xla_flops=xla_flops, loss=loss, first_loss=first_loss,
+              devices=f"{len(mesh.devices.flat)} x {mesh.devices.flat[0].device_kind}", mesh=dict(mesh.shape),
+              device_kind=mesh.devices.flat[0].device_kind, needed_bytes=needed, fit_tried=tried,
+              peak_bytes=stats.get("peak_bytes_in_use"), bytes_limit=stats.get("bytes_limit"))
+
+
+def _compile(config, mesh, sampler):
+  """(compiled, bytes it needs per device, lower s, compile s) of the train step at config.batch_size."""
+  import flax.linen as nn
+  import jax
+  from ijepa_jax import sharding, train
+  _, abstract_state, _, train_step = train.build(config, mesh, sampler, 100_000, 0)
+  b, s, c = config.batch_size, config.data.image_size, config.data.channels
+  spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh))
+  batch = {"images": spec((b, s, s, c), np.uint8), "skipped": spec((b,), np.int32),
+           "context_idx": spec((b, sampler.num_context), np.int32),
+           "target_idx": spec((b, sampler.num_targets, sampler.num_target), np.int32)}
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+    t0 = time.perf_counter()
+    lowered = train_step.lower(abstract_state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+  return compiled, _needed_bytes(compiled), t1 - t0, time.perf_counter() - t1
+
+
+def first_loss(config, sampler) -> float:
+  """The loss of the first step (fresh state, the first batch bench_ours makes) under this config."""
+  import jax
+  from ijepa_jax import sharding, train
+  mesh = sharding.make_mesh(config.mesh)
+  _, _, init, train_step = train.build(config, mesh, sampler, 100_000, 0)
+  b, s, c = config.batch_size, config.data.image_size, config.data.channels
+  rng = np.random.default_rng(config.seed)
+  images = rng.integers(0, 256, size=(b, s, s, c), dtype=np.uint8)
+  batch = sharding.global_batch({"images": images, "skipped": np.zeros((b,), np.int32), **sampler(rng, b)}, mesh)
+  _, m = train.run_step(train_step, mesh, config, init(), batch)
+  return float(jax.device_get(m["loss"]))
 
 
 def measure_peak(n: int, reps: int = 5) -> dict:
@@ -411,6 +510,16 @@ def _step_rows(r: dict) -> list[str]:
             f"| step time, median (spread) | {fmt_ms(ours['times'])} |",
             f"| images/s | {ours_rate:.1f} |",
             f"| compilations (train_step._cache_size()) | {ours['compiles']} |"]
+  gib = lambda n: "n/a" if n is None else f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 28 else f"{n / 2 ** 20:.1f} MiB"
+  lines.append(f"| memory per device: compiled step needs / device peak in use / device limit | "
+               f"{gib(ours['needed_bytes'])} / {gib(ours['peak_bytes'])} / {gib(ours['bytes_limit'])} |")
+  if ours["fit_tried"]:
+    tried = ", ".join(f"{b}: {gib(n)}" for b, n in ours["fit_tried"])
+    lines.append(f"| --fit_batch: per-device batch -> compiled need (first that fits is timed) | {tried} |")
+  if r.get("precision") is not None:
+    p = r["precision"]
+    lines.append(f"| first step's loss, {c.dtype} / float32 (same batch and init) | {p['ours']:.6f} / "
+                 f"{p['float32']:.6f} (relative difference {abs(p['ours'] - p['float32']) / abs(p['float32']):.2e}) |")
   for name, v in flops.items():
     if name != "total":
       lines.append(f"| analytic FLOPs per image: {name} | {eng(v)} |")
@@ -496,6 +605,13 @@ def main(argv):
   if _PEAK_TFLOPS.value is not None and _MEASURE_PEAK.value:
     print(f"error: give --peak_tflops or --measure_peak, not both.\nUsage: {USAGE}", file=sys.stderr)
     sys.exit(2)
+  if _CHIP_PEAK.value and (_PEAK_TFLOPS.value is not None or _MEASURE_PEAK.value):
+    print(f"error: give one of --peak_tflops, --chip_peak and --measure_peak.\nUsage: {USAGE}", file=sys.stderr)
+    sys.exit(2)
+  if any(not b.isdigit() or int(b) < 1 for b in _FIT_BATCH.value or []):
+    print(f"error: --fit_batch={','.join(_FIT_BATCH.value)} must be positive per-device batches, largest "
+          f"first, e.g. --fit_batch=256,128,64.\nUsage: {USAGE}", file=sys.stderr)
+    sys.exit(2)
   if _STEPS.value < 1:
     print(f"error: --steps={_STEPS.value} must be at least 1.\nUsage: {USAGE}", file=sys.stderr)
     sys.exit(2)
@@ -530,7 +646,7 @@ def main(argv):
         f"{sampler.num_targets} x {sampler.num_target} target tokens; analytic {eng(flops['total'])} FLOPs/image")
     ours, peak = None, None
     if not _HOST_ONLY.value:
-      ours = bench_ours(config, sampler, _STEPS.value, _WARMUP.value)
+      ours = bench_ours(config, sampler, _STEPS.value, _WARMUP.value, _FIT_BATCH.value)
       say(f"ours: compile {ours['lower_s'] + ours['compile_s']:.2f} s, step {fmt_ms(ours['times'])}, "
           f"{config.batch_size / ours['times']['median']:.1f} images/s, {ours['compiles']} compilation(s)")
     if _HOST_ONLY.value:
@@ -543,6 +659,21 @@ def main(argv):
       say(f"peak: {p['flops_per_s'] / 1e9:.2f} GFLOP/s")
     elif _PEAK_TFLOPS.value is not None:
       peak = dict(flops_per_s=_PEAK_TFLOPS.value * 1e12, what=f"given: --peak_tflops={_PEAK_TFLOPS.value:g}")
+    elif _CHIP_PEAK.value:
+      tflops = chip_peak(ours["device_kind"], config.dtype)
+      if tflops is None:
+        say(f"--chip_peak: {ours['device_kind']!r} is not in CHIP_PEAK_TFLOPS; no MFU (give --peak_tflops)")
+      else:
+        peak = dict(flops_per_s=tflops * 1e12, what=f"{ours['device_kind']} dense {config.dtype} peak, "
+                                                      f"{tflops:g} TFLOP/s (CHIP_PEAK_TFLOPS)")
+    precision = None
+    if _PRECISION_CHECK.value and ours is not None:
+      fp32 = config.copy_and_resolve_references()
+      fp32.dtype = "float32"
+      if fp32.model.get("attention", "xla") == "cudnn":
+        fp32.model.attention = "xla"   # cuDNN's fused attention has no fp32 kernel
+      precision = dict(ours=ours["first_loss"], float32=first_loss(fp32, sampler))
+      say(f"first step's loss: {config.dtype} {precision['ours']:.6f}, float32 {precision['float32']:.6f}")
     host = bench_host(config, sampler, _PIPELINE_BATCHES.value)
     say(f"host: sampler {host['sampler_rate']:.0f} mask sets/s"
         + (f", grain pipeline {host['pipeline_rate']:.0f} images/s" if "pipeline_rate" in host else ""))
@@ -565,6 +696,8 @@ def main(argv):
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  if _HOST_ONLY.value or ours is None:
+    precision = None
 
   versions = f"jax {jax.__version__}, flax {flax.__version__}, numpy {np.__version__}, "
   versions += f"torch {torch_version}, " if torch_version else "torch not used, "
@@ -575,7 +708,8 @@ def main(argv):
                 enc=f"{enc.width}x{enc.depth} ({enc.num_heads} heads, MLP {enc.mlp_dim})",
                 pred=f"{pred.width}x{pred.depth} ({pred.num_heads} heads, MLP {pred.mlp_dim or 4 * pred.width})",
                 num_context=sampler.num_context, num_targets=sampler.num_targets, num_target=sampler.num_target,
-                ours=ours, flops=flops, peak=peak, host=host, release=release, release_flops=release_flops)
+                ours=ours, flops=flops, peak=peak, host=host, release=release, release_flops=release_flops,
+                precision=precision)
   text = markdown(result)
   append(_OUT.value, text)
   say("")
