@@ -6,6 +6,8 @@ Command:
 Expected result: a checkpoint equivalent to the release's in22k ViT-g/16 one (downstream numbers
 in the paper's transfer tables). Predictor depth 16, warmup 3 epochs, loss smooth-L1 (release; --config.loss=l2
 for the paper's). ViT-g has MLP width 6144 (not 4 x 1408).
+Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
+LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/results/release_parity.md).
 """
 from ijepa_jax.defaults import base_config
 

@@ -6,7 +6,9 @@ Command (ImageNet as an ImageFolder tree: /data/imagenet/train/<class>/*.JPEG):
 Expected result (paper, Table 1): 79.3% ImageNet-1k linear probe top-1 with the target encoder,
 after 300 epochs at global batch 2048 (under 1200 A100-hours in the release).
 Loss: smooth-L1, because the release trained its published checkpoints with it (the paper says L2;
-set --config.loss=l2 for the paper's variant). bf16 compute with fp32 master weights, as the release.
+set --config.loss=l2 for the paper's variant).
+Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
+LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/results/release_parity.md).
 Without ImageNet at data.path the run stops at once with a message naming the override.
 """
 from ijepa_jax.defaults import base_config

@@ -6,6 +6,8 @@ Command (ImageNet-22k as an ImageFolder tree with a train/ folder of class folde
 Expected result: a checkpoint equivalent to the release's in22k ViT-H/14 one (its downstream numbers
 are in the paper's transfer tables; ../shared/REFERENCE.md records none for it). Loss smooth-L1
 (release; --config.loss=l2 for the paper's). Warmup is 3 epochs in the release's config.
+Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
+LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/results/release_parity.md).
 """
 from ijepa_jax.defaults import base_config
 

@@ -5,6 +5,8 @@ Command:
       --config.data.path=/data/imagenet
 Expected result (paper, Table 1): 81.1% ImageNet-1k linear top-1, 77.3% with 1% of the labels.
 Loss smooth-L1 (release); --config.loss=l2 gives the paper's stated loss. A 28x28 patch grid.
+Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
+LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/results/release_parity.md).
 """
 from ijepa_jax.defaults import base_config
 
