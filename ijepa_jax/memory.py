@@ -202,12 +202,21 @@ def collectives(hlo_text: str) -> dict[str, dict]:
   return out
 
 
+def while_loops(hlo_text: str) -> dict[str, int]:
+  """{'all': while loops in a compiled module, 'windowed_einsum': those that are XLA's windowed einsums
+  (a matmul looped over the shards of an FSDP weight or gradient as collective-permutes bring them,
+  in place of one all-gather or reduce-scatter)}. Cost analysis counts a loop's body once."""
+  bodies = re.findall(r" while\(.*?body=%([^ ,]+)", hlo_text)
+  return {"all": len(bodies), "windowed_einsum": sum("windowed_dot_general" in b for b in bodies)}
+
+
 def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int | None = None,
                hbm_bytes: int | None = None) -> dict:
   """The train step compiled by the TPU compiler for `num_slices` slices named `topology` (v5p-128,
   v5litepod-16, ...). Bytes are per device; 'peak' = arguments + outputs - aliased + temp + generated
   code (the donated train state is counted once); 'flops' is the compiler's count for one device's
-  program, 'flops_analytic' the ijepa_jax.flops count for the device's share of the global batch."""
+  program (low when it has loops: see while_loops), 'flops_analytic' the ijepa_jax.flops count for the
+  device's share of the global batch."""
   from ijepa_jax import flops, tpu_topologies
   from ijepa_jax.errors import ConfigError
   try:
@@ -232,7 +241,9 @@ def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int
   out["flops"] = float(cost.get("flops", float("nan"))) if cost else float("nan")
   per_image = flops.config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)["total"]
   out["flops_analytic"] = per_image * out["batch"] / len(devices)
-  out["collectives"] = collectives(compiled.as_text())
+  hlo = compiled.as_text()
+  out["collectives"] = collectives(hlo)
+  out["while_loops"] = while_loops(hlo)
   out.update(topology=slice_.name, topology_name=slice_.topology_name, generation=slice_.generation,
              chips=slice_.chips, megacore=slice_.megacore, num_slices=num_slices, devices=len(devices),
              grad_accum_steps=int(config.grad_accum_steps), remat=str(config.model.remat))
@@ -307,6 +318,11 @@ def tpu_text(config, r: dict, libtpu_version: str) -> str:
            f"(1.0 = an even 1/{r['devices']} share)",
            f"FLOPs per device per step: compiler {r['flops']:.4g}, analytic {r['flops_analytic']:.4g} "
            f"(matmuls + attention; ratio {r['flops'] / r['flops_analytic']:.3f})"]
+  loops = r["while_loops"]
+  if loops["windowed_einsum"]:
+    lines.append(f"  the compiled step has {loops['windowed_einsum']} windowed einsums (matmuls looped over the "
+                 f"shards of an FSDP weight or gradient): the compiler counts each loop's body once, so its "
+                 f"figure is low")
   if r["grad_accum_steps"] > 1:
     lines.append(f"  with grad_accum_steps={r['grad_accum_steps']} the compiler counts the micro-batch scan's "
                  f"body once, not {r['grad_accum_steps']} times: its figure is low")
@@ -316,7 +332,9 @@ def tpu_text(config, r: dict, libtpu_version: str) -> str:
     lines.append(f"| {name} | {e['count']} | {_fmt(e['bytes'])} | {groups} |")
   if not r["collectives"]:
     lines.append("| (none) | 0 | - | - |")
-  lines.append("(count: ops in the program text, an op in a loop body once; bytes: their results)")
+  lines.append("(count: ops in the program text, an op in a loop body once; bytes: their results. Windowed "
+               "einsums move FSDP shards with collective-permutes.)" if loops["windowed_einsum"] else
+               "(count: ops in the program text, an op in a loop body once; bytes: their results)")
   lines.append("")
   if r["fits"]:
     lines.append(f"fits: peak {_fmt(r['peak'])} of {_fmt(r['hbm'])} per chip ({_fmt(r['headroom'])} headroom)")

@@ -96,6 +96,15 @@ def test_collectives_are_read_from_compiled_hlo_text():
   assert set(c) == {"all-gather", "all-reduce", "reduce-scatter", "all-reduce across slices (DCN)"}
 
 
+def test_while_loops_tell_windowed_einsums_from_other_loops():
+  from ijepa_jax.memory import while_loops
+  hlo = """
+  %while.53 = (bf16[64,196,768]{1,2,0}, u32[]) while(%tuple.1), condition=%wide.windowed_dot_general_cond_ag.1, body=%wide.windowed_dot_general_body_ag.1.sunk, backend_config={}
+  %while.54 = (bf16[8]{0}, s32[]) while(%tuple.2), condition=%cond, body=%scan_body.3
+  """
+  assert while_loops(hlo) == {"all": 2, "windowed_einsum": 1}
+
+
 TPU_SCRIPT = """
 import sys, json, jax
 jax.config.update("jax_platforms", "cpu")   # compile only: the TPU compiler needs no TPU runtime
@@ -128,7 +137,9 @@ def tpu_reports():
 def test_tpu_report_memory_figures_add_up_and_fit_the_chip(tpu_reports):
   for name, r in tpu_reports.items():
     assert r["peak"] == r["argument"] + r["output"] - r["alias"] + r["temp"] + r["generated_code"], name
-    assert r["argument"] >= r["state"] > 0 and r["alias"] > 0 and r["temp"] > 0 and r["generated_code"] > 0, name
+    # temp may be 0 for these tiny steps
+    assert r["argument"] >= r["state"] > 0 and r["alias"] > 0 and r["temp"] >= 0 and r["generated_code"] > 0, name
+    assert r["peak"] > r["state"], name
     assert r["fits"] and r["headroom"] == r["hbm"] - r["peak"], name
     assert r["lower_s"] > 0 and r["compile_s"] > 0, name
   assert tpu_reports["v5p-8"]["hbm"] == 95 * 2 ** 30 and tpu_reports["v5e-4"]["hbm"] == 16 * 2 ** 30
@@ -148,6 +159,7 @@ def test_tpu_report_state_per_device_is_one_nth_under_fsdp(tpu_reports):
 def test_tpu_report_flops_match_the_analytic_count(tpu_reports):
   for name in ("v5p-8", "v5p-16"):
     r = tpu_reports[name]   # the compiler also counts the elementwise work the analytic count leaves out
+    assert r["while_loops"] == {"all": 0, "windowed_einsum": 0}, name   # else the compiler counts bodies once
     assert 1.0 <= r["flops"] / r["flops_analytic"] <= 1.06, (name, r["flops"] / r["flops_analytic"])
   assert abs(tpu_reports["v5p-8"]["flops"] / tpu_reports["v5p-16"]["flops"] - 2) < 0.1  # batch per device halves
 
