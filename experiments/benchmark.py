@@ -642,7 +642,9 @@ def main(argv):
     sampler = MultiBlockSampler.from_config(config.mask, grid)
     enc, pred = make_models(config.model, config.data.image_size, config.data.channels, train.DTYPES[config.dtype])
     flops = config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)
-    say(f"benchmark: {grid}x{grid} grid, batch {config.batch_size}, {sampler.num_context} context tokens, "
+    batch = f"per-device batch {','.join(_FIT_BATCH.value)} (the first that fits)" if _FIT_BATCH.value else \
+        f"batch {config.batch_size}"
+    say(f"benchmark: {grid}x{grid} grid, {batch}, {sampler.num_context} context tokens, "
         f"{sampler.num_targets} x {sampler.num_target} target tokens; analytic {eng(flops['total'])} FLOPs/image")
     ours, peak = None, None
     if not _HOST_ONLY.value:

@@ -37,3 +37,8 @@ def test_release_parity(tmp_path):
   text = out.read_text()
   assert "result: all pass" in text and "predictor output" in text and "gradients" in text
   assert text.count("CLIs: convert --torch, then extract (target)") == 2   # one row per size
+  # bf16 against the release under CUDA's autocast, for both sizes, each row within the release's own bf16 error
+  assert "## bf16: ours (`dtype=bfloat16`)" in text
+  for size in ("tiny", "small"):
+    rows = [l for l in text.splitlines() if l.startswith(f"| {size} | ")]
+    assert len(rows) == 8 and all(l.endswith("| pass |") for l in rows), rows
