@@ -8,8 +8,8 @@ separates them, on one config, so that a change to any of them can be judged by 
   * our step (ijepa_jax.train.build, the one main.py runs): lower + compile time, then the median and
     spread of N steps' wall time (warm-up excluded, each step waited for with block_until_ready),
     images/s, and the number of compilations (must be 1: shapes are static);
-  * FLOPs of one step, counted analytically per image (matmuls and attention only; backward = 2x
-    forward) next to XLA's own count (compiled.cost_analysis()), achieved FLOP/s and MFU against
+  * FLOPs of one step, counted analytically per image (ijepa_jax.flops: matmuls and attention only;
+    backward = 2x forward) next to XLA's own count (compiled.cost_analysis()), achieved FLOP/s and MFU against
     --peak_tflops, --chip_peak (the chip's dense peak for the config's dtype, from CHIP_PEAK_TFLOPS) or,
     with --measure_peak, against a large fp32 matmul timed in the same run;
   * the device's peak memory (memory_stats(), where the backend has it); with --fit_batch, the largest
@@ -106,48 +106,6 @@ def chip_peak(device_kind: str, dtype: str) -> float | None:
     if re.search(pattern, device_kind):
       return peaks[dtype]
   return None
-
-
-# ============================================================================ analytic FLOPs
-def _blocks_flops(tokens: int, width: int, mlp: int, depth: int) -> int:
-  """Forward FLOPs of `depth` transformer blocks on one sequence: qkv, proj, MLP, QK^T and AV."""
-  dense = 2 * tokens * (3 * width * width + width * width + 2 * width * mlp)
-  attention = 2 * (2 * tokens * tokens * width)  # QK^T and AV over all heads
-  return depth * (dense + attention)
-
-
-def step_flops(*, grid: int, patch: int, channels: int, width: int, depth: int, mlp: int, pred_width: int,
-               pred_depth: int, pred_mlp: int, num_context: int, num_targets: int, num_target: int) -> dict:
-  """FLOPs of one I-JEPA step per image, by part (2 per multiply-add; backward = 2x forward).
-
-  Counts matmuls (patch embedding included) and attention; layer norms, GELU, softmax, the loss, the
-  optimizer and the EMA are elementwise and left out. The patch embedding always runs on all N
-  patches: both encoders embed the full image and then gather tokens.
-  """
-  n = grid * grid
-  embed = 2 * n * patch * patch * channels * width
-
-  def encoder(tokens):
-    return embed + _blocks_flops(tokens, width, mlp, depth)
-
-  predictor = (2 * num_context * width * pred_width                     # predictor_embed, once per image
-               + num_targets * _blocks_flops(num_context + num_target, pred_width, pred_mlp, pred_depth)
-               + 2 * num_targets * num_target * pred_width * width)     # predictor_proj on the target tokens
-  parts = {"target encoder forward (N tokens)": encoder(n),
-           "context encoder forward + backward (K tokens)": 3 * encoder(num_context),
-           "predictor forward + backward (M sequences of K + Kt)": 3 * predictor}
-  parts["total"] = sum(parts.values())
-  return parts
-
-
-def config_flops(config, num_context: int, num_targets: int, num_target: int) -> dict:
-  from ijepa_jax.models import make_models
-  from ijepa_jax.train import DTYPES
-  encoder, predictor = make_models(config.model, config.data.image_size, config.data.channels, DTYPES[config.dtype])
-  return step_flops(grid=encoder.grid, patch=encoder.patch_size, channels=encoder.channels, width=encoder.width,
-                    depth=encoder.depth, mlp=encoder.mlp_dim, pred_width=predictor.width,
-                    pred_depth=predictor.depth, pred_mlp=predictor.mlp_dim or 4 * predictor.width,
-                    num_context=num_context, num_targets=num_targets, num_target=num_target)
 
 
 # ============================================================================ timing helpers
@@ -629,6 +587,7 @@ def main(argv):
   import jax
   from ijepa_jax import train
   from ijepa_jax.errors import ConfigError
+  from ijepa_jax.flops import config_flops
   from ijepa_jax.masks import MultiBlockSampler
   from ijepa_jax.models import make_models
 

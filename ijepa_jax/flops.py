@@ -42,7 +42,8 @@ def config_flops(config, num_context: int, num_targets: int, num_target: int) ->
   import jax.numpy as jnp
 
   from ijepa_jax.models import make_models
-  encoder, predictor = make_models(config.model, config.data.image_size, config.data.channels, jnp.float32)
+  dtype = jnp.dtype(config.dtype)   # the shapes do not depend on it, but model.attention=cudnn needs bf16
+  encoder, predictor = make_models(config.model, config.data.image_size, config.data.channels, dtype)
   return step_flops(grid=encoder.grid, patch=encoder.patch_size, channels=encoder.channels, width=encoder.width,
                     depth=encoder.depth, mlp=encoder.mlp_dim, pred_width=predictor.width,
                     pred_depth=predictor.depth, pred_mlp=predictor.mlp_dim or 4 * predictor.width,
