@@ -211,8 +211,11 @@ class Attention(nn.Module):
     # on CPU this is ~30% faster fwd + bwd than [B, T, H, hd] through jax.nn.dot_product_attention,
     # whose einsums make XLA transpose every activation and its gradient.
     q, k, v = qkv(x, "btd,dshk->sbhtk", (d, 3, h, hd), (3, 1, h, 1, hd))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) * hd ** -0.5  # release: (q @ k^T) * scale, in the matmul's dtype
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)  # softmax in fp32
+    # The release: (q @ k^T) * scale, the product rounded to the matmul's dtype, the fp32 scale applied
+    # and rounded again (torch multiplies by a Python float in fp32: the scale itself is not rounded to
+    # bf16, which would shift every logit by up to 2^-9 for head_dim 80); then softmax in fp32.
+    logits = (jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * hd ** -0.5).astype(q.dtype)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
     return proj(out, "bhtk,hkd->btd", (h, hd, self.width), (self.width,))
 
