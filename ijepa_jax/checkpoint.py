@@ -178,9 +178,15 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iter
     raise DamagedCheckpoint(f"its manifest in data/ cannot be read ({_short(e)})") from e
   wrong = mismatches(saved, abstract_state)
   if wrong:
+    layout = ""
+    if any("/blocks/" in line for line in wrong) and any("/blocks_0/" in line for line in wrong):
+      layout = ("\nThe block layouts differ (model.scan_layers): rewrite the checkpoint in the other one with "
+                "python -m ijepa_jax.convert --workdir=THIS_WORKDIR --config=... --config.model.scan_layers=... "
+                "--out=NEW_WORKDIR.")
     raise ConfigError(f"checkpoint {directory} was written for another model; these arrays differ from "
                       f"the config:\n" + "\n".join(wrong[:40]) + ("\n  ..." if len(wrong) > 40 else "") +
-                      "\nUse the config (and overrides) the checkpoint was written with, or another --workdir.")
+                      "\nUse the config (and overrides) the checkpoint was written with, or another --workdir."
+                      + layout)
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if with_iterator:
     items["data"] = DataStateRestore()

@@ -2,6 +2,12 @@
 
   python -m ijepa_jax.convert --torch=IN1K-vit.h.14-300e.pth.tar --config=configs/vit_h14.py --out=DIR
   python -m ijepa_jax.convert --hf=DIR_OR_model.safetensors --config=configs/vit_h14.py --out=DIR
+  python -m ijepa_jax.convert --workdir=RUN --config=configs/vit_h14.py --config.model.scan_layers=True --out=DIR
+
+The third form rewrites a workdir's latest checkpoint in the block layout the config asks for
+(model.scan_layers, see ijepa_jax/models/layout.py), keeping its step, optimizer state and EMA target.
+The names are always mapped to the unrolled layout (blocks_{i}) and stacked at the end when the config
+has model.scan_layers=True.
 
 Writes DIR/checkpoints/0 (params, EMA target, a fresh optimizer state, step 0, an empty data state) and
 DIR/config.json, so `train.load(DIR)` gives the encoder for evaluation and
@@ -288,6 +294,18 @@ def make_state(built, encoder, target, predictor=None):
   return TrainState(step=step, params=params, target=target, opt_state=opt_state)
 
 
+def _scanned(config) -> bool:
+  return bool(config.model.get("scan_layers", False))
+
+
+def _unrolled(config):
+  """The config with model.scan_layers=False: the layout the name maps fill."""
+  import ml_collections
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.scan_layers = False
+  return config
+
+
 def _width(abstract) -> int:
   return abstract["blocks_0"]["norm1"]["scale"].shape[-1]
 
@@ -351,14 +369,18 @@ def convert(config, out: str, torch_path: str | None = None, hf_path: str | None
   if (torch_path is None) == (hf_path is None):
     raise ConfigError("give exactly one of --torch=RELEASE.pth.tar or --hf=DIR_OR_FILE")
   from ijepa_jax import train
+  from ijepa_jax.models import stack_blocks
   train.check_config(config)
   built = build_abstract(config)
+  unrolled = build_abstract(_unrolled(config))[1] if _scanned(config) else built[1]
+  layout = stack_blocks if _scanned(config) else (lambda tree: tree)
   if torch_path is not None:
-    encoder, predictor, target = release_params(config, built[1], read_release(torch_path))
-    state = make_state(built, encoder, target, predictor)
+    encoder, predictor, target = release_params(config, unrolled, read_release(torch_path))
+    state = make_state(built, layout(encoder), layout(target), layout(predictor))
     log(f"Imported encoder, predictor and target_encoder from {torch_path}.")
   else:
-    encoder, ignored, warnings = hf_params(config, built[1], *read_hf(hf_path))
+    encoder, ignored, warnings = hf_params(config, unrolled, *read_hf(hf_path))
+    encoder = layout(encoder)
     state = make_state(built, encoder, encoder, None)
     log(f"Imported the encoder from {hf_path} as both the context and the target encoder; "
         f"the predictor is freshly initialised (seed {config.seed}): Hugging Face IJepaModel has none.")
@@ -373,6 +395,31 @@ def convert(config, out: str, torch_path: str | None = None, hf_path: str | None
   return path
 
 
+def relayout(config, workdir: str, out: str, log=print) -> str:
+  """The latest checkpoint of `workdir` in the block layout of `config` (model.scan_layers), written to `out`.
+
+  Everything of the train state is kept (step, params, EMA target, optimizer moments); the data pipeline's
+  position is not (as for an import, training from `out` starts the pipeline afresh).
+  """
+  import jax
+  from ijepa_jax import checkpoint, train
+  from ijepa_jax.models import stack_blocks, unstack_blocks
+  train.check_config(config)
+  saved, _, state = train.load(workdir)
+  state = (stack_blocks if _scanned(config) else unstack_blocks)(jax.tree.map(np.asarray, state))
+  abstract = build_abstract(config)[1]
+  wrong = checkpoint.mismatches(checkpoint.manifest(state), abstract)
+  if wrong:
+    raise ConfigError(f"{workdir}'s checkpoint does not match the config's model apart from the layout:\n"
+                      + "\n".join(wrong[:40]))
+  state = jax.device_put(state, jax.tree.map(lambda s: s.sharding, abstract))
+  path = write(config, out, state)
+  layouts = {False: "unrolled (blocks_{i})", True: "scanned ('blocks', leading layer axis)"}
+  log(f"Wrote {path} (step {int(state.step)}): {layouts[_scanned(saved)]} -> {layouts[_scanned(config)]}; "
+      f"train on with python -m ijepa_jax.main --config=CONFIG --workdir={out}")
+  return path
+
+
 # ============================================================================ command line
 if __name__ == "__main__":
   from absl import app, flags, logging
@@ -381,6 +428,7 @@ if __name__ == "__main__":
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py) describing the model.")
   _TORCH = flags.DEFINE_string("torch", None, "The release's checkpoint (*.pth.tar).")
   _HF = flags.DEFINE_string("hf", None, "A Hugging Face IJepaModel: model.safetensors or its directory.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "A workdir to rewrite in the config's model.scan_layers layout.")
   _OUT = flags.DEFINE_string("out", None, "Workdir to write (checkpoints/0 and config.json).")
   flags.mark_flags_as_required(["config", "out"])
 
@@ -389,11 +437,17 @@ if __name__ == "__main__":
       raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)   # no INFO lines from jax's backend search
     try:
-      convert(_CONFIG.value, _OUT.value, _TORCH.value, _HF.value)
+      if _WORKDIR.value is not None:
+        if _TORCH.value is not None or _HF.value is not None:
+          raise ConfigError("give one of --torch, --hf or --workdir")
+        relayout(_CONFIG.value, _WORKDIR.value, _OUT.value)
+      else:
+        convert(_CONFIG.value, _OUT.value, _TORCH.value, _HF.value)
     except ConfigError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
 
   app.run(_main, flags_parser=flags_parser(
-      "python -m ijepa_jax.convert (--torch=RELEASE.pth.tar | --hf=DIR) --config=configs/NAME.py --out=DIR "
+      "python -m ijepa_jax.convert (--torch=RELEASE.pth.tar | --hf=DIR | --workdir=RUN) --config=configs/NAME.py "
+      "--out=DIR "
       "[--config.KEY=VALUE ...]"))

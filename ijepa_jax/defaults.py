@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
       remat="none",            # none | full | dots | dots_no_batch: activations recomputed in backward
       attention="xla",         # xla (einsums, any backend) | cudnn (jax.nn.dot_product_attention's fused
                                # kernel on NVIDIA GPUs, bf16 only; its XLA implementation elsewhere)
+      scan_layers=False,       # True: the encoder's and predictor's blocks run in one nn.scan (one block
+                               # compiled, not depth of them); params stacked under 'blocks' [depth, ...]
+                               # instead of blocks_0..: another checkpoint layout (ijepa_jax.models.layout)
   ))
 
   c.data = ml_collections.ConfigDict(dict(
@@ -74,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
       ("embed", "fsdp"), ("mlp", None), ("qkv", None), ("heads", None),
       ("patch_h", None), ("patch_w", None), ("channels", None),
       ("embed_in", None), ("embed_out", None), ("norm", None),
+      ("layers", None),        # scan_layers: the stacked blocks' leading axis, never split
   )
 
   c.skip_nonfinite_steps = False  # True: a step with a NaN/Inf loss or gradient changes nothing (counted in

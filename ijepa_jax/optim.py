@@ -59,8 +59,12 @@ def momentum_schedule(optim_cfg, total_steps: int):
 
 
 def decay_mask(params):
-  """Decay matrices, the conv kernel and the mask token; never biases or LayerNorm (1-D) tensors."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """Decay matrices, the conv kernel and the mask token; never biases or LayerNorm (1-D) tensors.
+  Under a 'blocks' subtree (model.scan_layers) every tensor has a leading layer axis, not counted."""
+  def one(path, p):
+    stacked = any(getattr(k, "key", None) == "blocks" for k in path)
+    return p.ndim - stacked > 1
+  return jax.tree_util.tree_map_with_path(one, params)
 
 
 class _DecayState(NamedTuple):

@@ -85,6 +85,22 @@ def test_hf_ijepa_model_parity(tmp_path, width, heads, image, patch):
   assert rel <= RTOL
 
 
+def test_hf_import_into_a_scan_layers_workdir(tmp_path):
+  """model.scan_layers=True: the names map to blocks_{i} as always and are stacked at the end; the
+  scanned encoder computes the Hugging Face model's output as the unrolled import does."""
+  width, heads, image, patch = 64, 4, 32, 4
+  model = _hf_model(width, heads, image, patch)
+  model.save_pretrained(tmp_path / "hf")
+  convert.convert(_geometry(image, patch, width, 2, heads, **{"model.scan_layers": True}), str(tmp_path / "out"),
+                  hf_path=str(tmp_path / "hf"), log=lambda _: None)
+  _, encoder, state = train.load(str(tmp_path / "out"))
+  assert encoder.scan_layers and state.target["blocks"]["attn"]["qkv"]["kernel"].shape == (2, width, 3 * width)
+  images = np.random.default_rng(0).standard_normal((2, 3, image, image)).astype(np.float32)
+  with torch.no_grad():
+    ref = model(pixel_values=torch.from_numpy(images)).last_hidden_state.numpy()
+  assert _rel(_encode(encoder, state.target, images), ref) <= RTOL
+
+
 def test_bf16_matches_torch_autocast(tmp_path):
   """dtype=bfloat16 against torch code we did not write: the Hugging Face IJepaModel (eager attention) under
   CUDA's bf16 autocast as experiments/cuda_autocast.py reproduces it on CPU. The yardstick is torch's own:
@@ -227,6 +243,32 @@ def test_release_checkpoint_is_imported_exactly(release):
   rel = _rel(_encode(encoder, state.target, images), ref)
   print(f"release-layout encoder vs torch forward: max rel err {rel:.2e}")
   assert rel <= RTOL
+
+
+def test_release_checkpoint_into_a_scan_layers_workdir(release, tmp_path):
+  """The same import with model.scan_layers=True: every tensor stacked on the layer axis, the same encoder
+  output; --workdir rewrites it back into the unrolled layout exactly."""
+  from ijepa_jax.models import unstack_blocks
+  config = tiny_config(**{"data.channels": 3, "data.mean": (0.5,) * 3, "data.std": (0.5,) * 3,
+                          "model.depth": 2, "model.scan_layers": True})
+  convert.convert(config, str(tmp_path / "scan"), torch_path=str(release["tmp"] / "ijepa.pth.tar"),
+                  log=lambda _: None)
+  saved, encoder, state = train.load(str(tmp_path / "scan"))
+  assert saved.model.scan_layers and encoder.scan_layers
+  assert set(state.params["predictor"]) == {"predictor_embed", "mask_token", "blocks", "predictor_norm",
+                                            "predictor_proj"}
+  jax.tree.map(np.testing.assert_array_equal, unstack_blocks(state.params), release["params"])
+  jax.tree.map(np.testing.assert_array_equal, unstack_blocks(state.target), release["target"])
+  _, unrolled_encoder, unrolled = train.load(release["out"])
+  images = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+  np.testing.assert_allclose(_encode(encoder, state.target, images),
+                             _encode(unrolled_encoder, unrolled.target, images), rtol=1e-6, atol=1e-6)
+
+  lines = []
+  convert.relayout(release["config"], str(tmp_path / "scan"), str(tmp_path / "back"), log=lines.append)
+  assert "scanned ('blocks', leading layer axis) -> unrolled (blocks_{i})" in lines[0]
+  _, _, back = train.load(str(tmp_path / "back"))
+  jax.tree.map(np.testing.assert_array_equal, back, unrolled)
 
 
 def test_mismatched_checkpoints_name_what_is_wrong(release, tmp_path):

@@ -7,10 +7,12 @@ from typing import Any
 import jax.numpy as jnp
 
 from ijepa_jax.errors import ConfigError
+from ijepa_jax.models.layout import stack_blocks, unstack_blocks
 from ijepa_jax.models.predictor import Predictor
 from ijepa_jax.models.vit import ATTENTION, REMAT_POLICIES, VIT_SIZES, VisionTransformer, sincos_pos_embed_2d
 
-__all__ = ["VisionTransformer", "Predictor", "VIT_SIZES", "sincos_pos_embed_2d", "make_models"]
+__all__ = ["VisionTransformer", "Predictor", "VIT_SIZES", "sincos_pos_embed_2d", "make_models", "stack_blocks",
+           "unstack_blocks"]
 
 
 def _override(model_cfg, key: str, default: int) -> int:
@@ -26,7 +28,8 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
   Keys: name (VIT_SIZES key), patch_size, optional width / depth / num_heads /
   mlp_dim overrides (-1 or missing = from VIT_SIZES), predictor_width (384),
   predictor_depth (12), predictor_heads (-1 = encoder heads), remat (a REMAT_POLICIES key;
-  True / False, as older configs have it, mean 'full' / 'none'), attention ('xla' | 'cudnn').
+  True / False, as older configs have it, mean 'full' / 'none'), attention ('xla' | 'cudnn'),
+  scan_layers (False; missing in older configs: the blocks under one nn.scan, see vit.run_blocks).
   The encoder is used for both the context and the target encoder.
   """
   name = model_cfg.get("name", None)
@@ -52,6 +55,10 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
   if attention == "cudnn" and jnp.dtype(dtype) == jnp.float32:
     raise ConfigError("model.attention=cudnn needs --config.dtype=bfloat16 (cuDNN's fused attention has no "
                       "fp32 kernel); use model.attention=xla for float32.")
+
+  scan_layers = model_cfg.get("scan_layers", False)
+  if not isinstance(scan_layers, bool):
+    raise ConfigError(f"model.scan_layers={scan_layers!r} must be True or False.")
 
   if patch_size <= 0 or image_size % patch_size != 0:
     raise ConfigError(
@@ -95,6 +102,7 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
     dtype=dtype,
     remat=remat,
     attention=attention,
+    scan_layers=scan_layers,
   )
   predictor = Predictor(
     grid=image_size // patch_size,
@@ -106,5 +114,6 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
     dtype=dtype,
     remat=remat,
     attention=attention,
+    scan_layers=scan_layers,
   )
   return encoder, predictor

@@ -9,11 +9,11 @@ import flax.linen as nn
 from ijepa_jax.models.vit import (
   INIT_STD,
   Dtype,
-  block_class,
   check_heads,
   constrain,
   dense,
   layer_norm,
+  run_blocks,
   sincos_pos_embed_2d,
 )
 
@@ -41,6 +41,7 @@ class Predictor(nn.Module):
   dtype: Dtype = jnp.float32
   remat: str = "none"  # a vit.REMAT_POLICIES key
   attention: str = "xla"  # a vit.ATTENTION value
+  scan_layers: bool = False  # see vit.run_blocks
 
   @nn.compact
   def __call__(self, context: jax.Array, context_idx: jax.Array, target_idx: jax.Array) -> jax.Array:
@@ -67,9 +68,8 @@ class Predictor(nn.Module):
     x = x.reshape(b * m, kc + kt, self.width)
     x = constrain(x)
 
-    block_cls = block_class(self.remat)
-    for i in range(self.depth):
-      x = block_cls(self.width, self.num_heads, mlp_dim, self.dtype, self.attention, name=f"blocks_{i}")(x)
+    x, _ = run_blocks(x, self.depth, self.remat, self.scan_layers, width=self.width, num_heads=self.num_heads,
+                      mlp_dim=mlp_dim, dtype=self.dtype, attention=self.attention)
     x = layer_norm("predictor_norm")(x)
     x = x[:, kc:]
     x = dense(self.embed_width, ("embed", "embed_out"), ("embed_out",), self.dtype, "predictor_proj")(x)

@@ -275,10 +275,39 @@ REMAT_POLICIES = {
 }
 
 
-def block_class(remat: str):
+def block_class(remat: str, scan: bool = False):
   if remat == "none":
     return Block
-  return nn.remat(Block, policy=REMAT_POLICIES[remat])
+  # Under a scan the loop boundary already keeps XLA from merging the recomputation back into the forward
+  # pass, so remat's CSE barriers would only cost speed (jax.checkpoint's advice for scans).
+  return nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
+
+
+def run_blocks(x: jax.Array, depth: int, remat: str, scan: bool, collect: bool = False, **block):
+  """`depth` Blocks over x, inside a parent's compact method: (x, each block's output or None).
+
+  scan=False: unrolled modules blocks_0 .. blocks_{depth-1} (the release's and old checkpoints' layout).
+  scan=True: one nn.scan over a module 'blocks' whose parameters are stacked on a leading axis of size
+  depth, logically named 'layers'; XLA compiles one block instead of depth of them. The remat policy
+  applies to the block inside the scan. collect: also return the blocks' outputs (a scan output, so
+  they are only stacked when asked for).
+  """
+  cls = block_class(remat, scan)
+  if not scan:
+    outs = []
+    for i in range(depth):
+      x = cls(**block, name=f"blocks_{i}")(x)
+      outs.append(x)
+    return x, (outs if collect else None)
+
+  def body(module, x, _):
+    x = module(x)
+    return x, (x if collect else None)
+
+  layers = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, length=depth,
+                   metadata_params={nn.PARTITION_NAME: "layers"})
+  x, ys = layers(cls(**block, name="blocks"), x, None)
+  return x, ([ys[i] for i in range(depth)] if collect else None)
 
 
 def check_heads(width: int, num_heads: int, what: str) -> None:
@@ -295,7 +324,7 @@ class VisionTransformer(nn.Module):
 
   __call__(images [B, H, W, C], token_idx int32 [B, K] | None) -> [B, K or N, D]
   Per-block outputs (before the final norm, fp32) are sown into the
-  'intermediates' collection as 'block_{i}'. The output is fp32 (the final LayerNorm's).
+  'intermediates' collection as 'block_{i}' (with or without scan_layers). The output is fp32 (the final LayerNorm's).
   """
 
   image_size: int
@@ -308,6 +337,7 @@ class VisionTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   remat: str = "none"  # a REMAT_POLICIES key
   attention: str = "xla"  # an ATTENTION value
+  scan_layers: bool = False  # see run_blocks: parameters under 'blocks' [depth, ...] instead of blocks_{i}
 
   @property
   def grid(self) -> int:
@@ -342,8 +372,9 @@ class VisionTransformer(nn.Module):
       x = jnp.take_along_axis(x, token_idx[..., None].astype(jnp.int32), axis=1)
     x = constrain(x)
 
-    block_cls = block_class(self.remat)
-    for i in range(self.depth):
-      x = block_cls(self.width, self.num_heads, self.mlp_dim, self.dtype, self.attention, name=f"blocks_{i}")(x)
-      self.sow("intermediates", f"block_{i}", x)
+    collect = self.is_mutable_collection("intermediates")
+    x, outs = run_blocks(x, self.depth, self.remat, self.scan_layers, collect, width=self.width,
+                         num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype, attention=self.attention)
+    for i, out in enumerate(outs or ()):   # the same names in both layouts: probes read either
+      self.sow("intermediates", f"block_{i}", out)
     return layer_norm("norm")(x)
