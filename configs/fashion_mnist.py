@@ -45,6 +45,7 @@ def get_config():
   c.model.predictor_width, c.model.predictor_depth, c.model.predictor_heads = 64, 3, 4
 
   c.cpu_devices = 2
+  c.mesh.data, c.mesh.fsdp = -1, 1  # data parallel: the small state fits every device, no gathers
 
   c.data.source = "fashion_mnist"
   c.data.path = "/usr/share/datasets/fashion-mnist"

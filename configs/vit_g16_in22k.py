@@ -2,7 +2,7 @@
 
 Command:
   python -m ijepa_jax.main --config=configs/vit_g16_in22k.py --workdir=/ckpt/vitg16_22k \
-      --config.data.path=/data/imagenet22k --config.mesh.fsdp=8
+      --config.data.path=/data/imagenet22k
 Expected result: a checkpoint equivalent to the release's in22k ViT-g/16 one (downstream numbers
 in the paper's transfer tables). Predictor depth 16, warmup 3 epochs, loss smooth-L1 (release; --config.loss=l2
 for the paper's). ViT-g has MLP width 6144 (not 4 x 1408).

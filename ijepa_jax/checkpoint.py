@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from ijepa_jax import storage
 from ijepa_jax.errors import ConfigError
 
 
@@ -74,7 +74,8 @@ class DataStateRestore(ocp.args.CheckpointArgs):
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  """WORKDIR/checkpoints (WORKDIR local or gs://: Orbax writes either through etils.epath and tensorstore)."""
+  return storage.join(workdir, "checkpoints")
 
 
 def make_manager(workdir: str, keep: int, every: int, async_save: bool = True) -> ocp.CheckpointManager:
@@ -139,7 +140,7 @@ class WriteError(Exception):
 
 
 def _write_failed(manager, e: Exception) -> WriteError:
-  complete = sorted(int(n) for n in os.listdir(manager.directory) if n.isdigit())
+  complete = sorted(int(p.name) for p in epath.Path(manager.directory).iterdir() if p.name.isdigit())
   intact = f"the newest complete checkpoint is step {complete[-1]}" if complete else "no checkpoint was completed"
   return WriteError(f"could not write a checkpoint in {manager.directory}: {_short(e)}. Nothing was overwritten: "
                     f"{intact}. Free disk space (or fix permissions) and re-run the same command to continue.")
@@ -219,7 +220,7 @@ def _all_ok(ok: bool) -> bool:
 def restore_latest(manager: ocp.CheckpointManager, workdir: str, abstract_state, report):
   """(step, state, iterator state) from the newest checkpoint that restores whole, or None if there are
   none. Damaged ones are reported and moved to WORKDIR/damaged_checkpoints/ (never deleted)."""
-  aside = os.path.join(os.path.abspath(workdir), "damaged_checkpoints")
+  aside = storage.path(workdir) / "damaged_checkpoints"
   moved = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
@@ -229,12 +230,13 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str, abstract_state,
       problem = str(e)
     if _all_ok(problem is None):  # every process must agree before using (or dropping) a checkpoint
       return step, state, iterator_state
-    target = os.path.join(aside, f"{step}")
+    target = aside / f"{step}"
     if jax.process_index() == 0:
-      os.makedirs(aside, exist_ok=True)
-      while os.path.exists(target):
-        target += "_"
-      os.replace(os.path.join(checkpoint_dir(workdir), str(step)), target)
+      aside.mkdir(parents=True, exist_ok=True)
+      while target.exists():
+        target = target.with_name(target.name + "_")
+      # A rename locally; on Cloud Storage a copy of every object, then their deletion.
+      (storage.path(checkpoint_dir(workdir)) / str(step)).rename(target)
     moved.append(target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"moved damaged checkpoint {step}")
@@ -250,8 +252,9 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str, abstract_state,
 def restore_state(path: str, abstract_state):
   """Restores only the train state from WORKDIR/checkpoints/<step> (for notebooks and evaluation),
   checked against its manifest like `restore`."""
-  with ocp.CheckpointManager(os.path.dirname(os.path.abspath(path)), item_names=("state", "data")) as mgr:
+  path = storage.path(path)
+  with ocp.CheckpointManager(path.parent, item_names=("state", "data")) as mgr:
     try:
-      return restore(mgr, int(os.path.basename(os.path.abspath(path))), abstract_state, with_iterator=False)[0]
+      return restore(mgr, int(path.name), abstract_state, with_iterator=False)[0]
     except DamagedCheckpoint as e:
       raise ConfigError(f"checkpoint {path} is damaged: {e}. Load an earlier step.") from None

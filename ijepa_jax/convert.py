@@ -61,8 +61,16 @@ def _strip_module(state_dict: dict, what: str) -> dict[str, np.ndarray]:
   return out
 
 
+def _local_input(flag: str, path: str) -> None:
+  from ijepa_jax import storage
+  if storage.is_remote(path):
+    raise ConfigError(f"{flag}={path}: torch reads local files; copy it first (gcloud storage cp -r {path} .) "
+                      f"and pass the local copy. --out may be gs://.")
+
+
 def read_release(path: str) -> dict[str, dict[str, np.ndarray]]:
   """The release's *.pth.tar -> {'encoder', 'predictor', 'target_encoder'} of numpy state dicts."""
+  _local_input("--torch", path)
   torch = _torch()
   if not os.path.isfile(path):
     raise ConfigError(f"--torch={path}: no such file")
@@ -83,6 +91,7 @@ def read_release(path: str) -> dict[str, dict[str, np.ndarray]]:
 def read_hf(path: str) -> tuple[dict[str, np.ndarray], dict]:
   """A Hugging Face IJepaModel (model.safetensors, or a directory with one) -> (state dict, config.json)."""
   import json
+  _local_input("--hf", path)
   torch = _torch()
   file = path
   if os.path.isdir(path):
@@ -349,18 +358,18 @@ def hf_params(config, abstract_state, state: dict[str, np.ndarray], hf_config: d
 
 def write(config, out: str, state) -> str:
   """OUT/checkpoints/0 + OUT/config.json, loadable by train.load and resumable by train_and_evaluate."""
-  from ijepa_jax import checkpoint
-  if os.path.isdir(checkpoint.checkpoint_dir(out)) and os.listdir(checkpoint.checkpoint_dir(out)):
-    raise ConfigError(f"{checkpoint.checkpoint_dir(out)} already holds checkpoints: choose an empty --out")
-  os.makedirs(out, exist_ok=True)
+  from ijepa_jax import checkpoint, storage
+  existing = storage.path(checkpoint.checkpoint_dir(out))
+  if existing.is_dir() and any(existing.iterdir()):
+    raise ConfigError(f"{existing} already holds checkpoints: choose an empty --out")
+  storage.check_writable(out, "--out")
   manager = checkpoint.make_manager(out, config.keep_checkpoints, config.checkpoint_every, async_save=False)
   # An empty data state: training from here starts the data pipeline afresh (train.py handles it).
   checkpoint.save(manager, 0, state, data_state={}, force=True)
   manager.wait_until_finished()
   manager.close()
-  with open(os.path.join(out, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
-  return os.path.join(checkpoint.checkpoint_dir(out), "0")
+  storage.write_text(storage.join(out, "config.json"), config.to_json_best_effort(indent=2))
+  return storage.join(checkpoint.checkpoint_dir(out), "0")
 
 
 def convert(config, out: str, torch_path: str | None = None, hf_path: str | None = None,
@@ -389,7 +398,7 @@ def convert(config, out: str, torch_path: str | None = None, hf_path: str | None
     for w in warnings:
       log(f"warning: {w}")
   path = write(config, out, state)
-  log(f"Wrote {path} (step 0, fresh optimizer state) and {os.path.join(out, 'config.json')}.\n"
+  log(f"Wrote {path} (step 0, fresh optimizer state) and {out}/config.json.\n"
       f"Load it with ijepa_jax.train.load({out!r}); train on with "
       f"python -m ijepa_jax.main --config=CONFIG --workdir={out}")
   return path

@@ -15,14 +15,13 @@ WORKDIR/eval_cache/<step>/. The demo (configs/fashion_mnist.py) runs this after 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import jax
 import numpy as np
 
-from ijepa_jax import data
+from ijepa_jax import data, storage
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.evaluation import attentive, features, knn, linear
 
@@ -31,13 +30,12 @@ TRAINED, INIT, PIXELS = "I-JEPA target encoder", "same encoder at random init", 
 
 
 def _cached(path: str | None, compute):
-  if path and os.path.exists(path):
-    return np.load(path)
+  """The array at `path` (local or gs://) if it exists, else compute() saved there (process 0)."""
+  if path and storage.path(path).exists():
+    return storage.load_npy(path)
   x = compute()
   if path and jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path + ".tmp.npy", x)
-    os.replace(path + ".tmp.npy", path)
+    storage.save_npy(path, x)
   return x
 
 
@@ -54,7 +52,7 @@ def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None,
     if params is None:
       continue
     # The last 4 blocks' pooled outputs, concatenated; the final quarter is the last layer's output.
-    pair = [_cached(cache_dir and os.path.join(cache_dir, f"{tag}_{split}_{len(imgs)}x{d.image_size}.npy"),
+    pair = [_cached(cache_dir and storage.join(cache_dir, f"{tag}_{split}_{len(imgs)}x{d.image_size}.npy"),
                     lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
                                                        layers="last4"))
             for split, imgs in (("train", train_images), ("test", test_images))]
@@ -64,7 +62,7 @@ def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None,
       sets[f"{name}, last 4 layers"] = tuple(pair)
     if "attentive" in evals:  # [N, tokens, D] of the last layer, cached as float16 (half the disk)
       tokens[f"{name}, last layer"] = tuple(
-          _cached(cache_dir and os.path.join(cache_dir, f"{tag}_tokens_{split}_{len(imgs)}x{d.image_size}.npy"),
+          _cached(cache_dir and storage.join(cache_dir, f"{tag}_tokens_{split}_{len(imgs)}x{d.image_size}.npy"),
                   lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
                                                      pool="none").astype(np.float16))
           for split, imgs in (("train", train_images), ("test", test_images)))
@@ -135,7 +133,7 @@ def run(config, encoder, trained, initial, mesh, workdir: str, evals=None, step:
   pc = config.probe
   evals = tuple(pc.evals) if evals is None else tuple(evals)
   check_evals(evals)
-  cache = None if step is None else os.path.join(workdir, "eval_cache", str(step))
+  cache = None if step is None else storage.join(workdir, "eval_cache", str(step))
   say = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
   start = time.perf_counter()
   sets, tokens, train_y, test_y = feature_sets(config, encoder, trained, initial, mesh, cache, evals)
@@ -153,10 +151,8 @@ def run(config, encoder, trained, initial, mesh, workdir: str, evals=None, step:
       result[key] = table[name][ev]["top1"]
   text = markdown(table, evals, pc, len(train_y), step)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(result, f, indent=2)
-    with open(os.path.join(workdir, "eval.md"), "w") as f:
-      f.write(text)
+    storage.write_text(storage.join(workdir, "eval.json"), json.dumps(result, indent=2))
+    storage.write_text(storage.join(workdir, "eval.md"), text)
     print("\n" + text, flush=True)
   return result
 

@@ -3,7 +3,7 @@
   python -m ijepa_jax.extract --checkpoint=WORKDIR --images=X.npy --out=F.npy \
       [--encoder=target|context] [--pool=none|mean] [--layers=last|last4] [--step=N]
 
-X is uint8 (normalised with the config's mean/std) or float32 (already normalised), [N, H, W, C] at
+Every path may be local or gs://. X is uint8 (normalised with the config's mean/std) or float32 (already normalised), [N, H, W, C] at
 the model's resolution. The output is float32 [N, D] (--pool=mean) or [N, tokens, D] (--pool=none);
 --layers=last4 concatenates the last 4 blocks' outputs (each through the final LayerNorm): 4D wide.
 Batches are split over all local devices.
@@ -29,12 +29,12 @@ flags.mark_flags_as_required(["checkpoint", "images", "out"])
 def main(argv):
   del argv
   import jax
-  from ijepa_jax import sharding, train
+  from ijepa_jax import sharding, storage, train
   from ijepa_jax.errors import ConfigError
   from ijepa_jax.evaluation import features
   logging.set_verbosity(logging.WARNING)  # no INFO lines from Orbax's restore
   try:
-    images = np.load(_IMAGES.value, mmap_mode="r")
+    images = storage.load_npy(storage.check_readable(_IMAGES.value, "--images"), mmap=True)
     config, encoder, state = train.load(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())
     d = config.data
     expected = (d.image_size, d.image_size, d.channels)
@@ -50,7 +50,7 @@ def main(argv):
   except (ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  np.save(_OUT.value, out.astype(np.float32))
+  storage.save_npy(_OUT.value, out.astype(np.float32))
   print(f"{_OUT.value}: features {out.shape} from the {_ENCODER.value} encoder at step {int(state.step)}")
 
 

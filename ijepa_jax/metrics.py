@@ -1,15 +1,17 @@
 """Where training metrics go: metrics.jsonl, TensorBoard event files and a live progress line.
 
-Only process 0 writes; on the other processes every method is a no-op.
+Only process 0 writes; on the other processes every method is a no-op. The workdir may be local or
+gs:// (ijepa_jax.storage): `flush()` makes every row so far durable there.
 """
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 
 import jax
+
+from ijepa_jax import storage
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -30,13 +32,14 @@ class MetricWriter:
     self._tb = None
     if not self.active:
       return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "metrics.jsonl")
+    storage.path(workdir).mkdir(parents=True, exist_ok=True)
+    path = storage.join(workdir, "metrics.jsonl")
     _truncate_after(path, start_step)
-    self._jsonl = open(path, "a", buffering=1)
+    self._jsonl = storage.AppendFile(path)
     from tensorboardX import SummaryWriter  # pure-python writer: no TensorFlow needed
+    storage.register_tensorboard()
     # purge_step: TensorBoard hides the killed invocation's events after the checkpoint.
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step or None)
+    self._tb = SummaryWriter(storage.join(workdir, "tensorboard"), purge_step=start_step or None)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.active:
@@ -46,6 +49,12 @@ class MetricWriter:
     for k, v in row.items():
       if k != "step":
         self._tb.add_scalar(f"train/{k}", v, step)
+
+  def flush(self) -> None:
+    """Makes every row written so far durable (called before each checkpoint)."""
+    if self.active:
+      self._jsonl.flush()
+      self._tb.flush()
 
   def progress(self, step: int, metrics: dict, seconds_per_step: float) -> None:
     if not self.active:
@@ -75,25 +84,22 @@ class MetricWriter:
 
 def _truncate_after(path: str, step: int) -> None:
   """Keeps the rows of metrics.jsonl with row['step'] <= step (and drops a line cut short by a kill)."""
-  if not os.path.exists(path):
+  p = storage.path(path)
+  if not p.exists():
     return
   kept, dropped = [], 0
-  with open(path) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-        keep = line.endswith("\n") and row["step"] <= step
-      except (ValueError, KeyError, TypeError):
-        keep = False
-      if keep:
-        kept.append(line)
-      else:
-        dropped += 1
+  for line in p.read_text().splitlines(keepends=True):
+    try:
+      row = json.loads(line)
+      keep = line.endswith("\n") and row["step"] <= step
+    except (ValueError, KeyError, TypeError):
+      keep = False
+    if keep:
+      kept.append(line)
+    else:
+      dropped += 1
   if dropped:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, path)
+    storage.write_text(p, "".join(kept))
 
 
 class Timer:

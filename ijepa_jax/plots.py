@@ -6,10 +6,12 @@ writing them never switches the backend of a notebook that imports this module.
 """
 from __future__ import annotations
 
+import io
 import json
-import os
 
 import numpy as np
+
+from ijepa_jax import storage
 
 
 def _subplots(rows: int, cols: int, figsize, **kw):
@@ -29,7 +31,7 @@ def training_curves(rows: list[dict], path: str) -> str:
     if log:
       ax.set_yscale("log")
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
   return path
 
 
@@ -62,7 +64,7 @@ def mask_examples(images: np.ndarray, context_idx: np.ndarray, target_idx: np.nd
       if i == 0:
         ax.set_title(title, loc="left", fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
   return path
 
 
@@ -84,24 +86,29 @@ def probe_results(result: dict, path: str) -> str:
   ax.set_ylim(max(0, low - 10), 100)
   ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  _save(fig, path)
   return path
+
+
+def _save(fig, path: str) -> None:
+  """PNG bytes written through ijepa_jax.storage (a local or gs:// workdir)."""
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=100)
+  storage.path(path).write_bytes(buf.getvalue())
 
 
 def write_run_plots(workdir: str, images=None, masks=None, grid: int | None = None) -> list[str]:
   """The demo's figures from what the workdir holds (and, for mask examples, a batch's images and masks)."""
   written = []
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(metrics_path):
-    with open(metrics_path) as f:
-      rows = [json.loads(line) for line in f]
+  metrics_path = storage.path(workdir) / "metrics.jsonl"
+  if metrics_path.exists():
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
     if rows:
-      written.append(training_curves(rows, os.path.join(workdir, "training_curves.png")))
+      written.append(training_curves(rows, storage.join(workdir, "training_curves.png")))
   if images is not None:
     written.append(mask_examples(images, masks["context_idx"], masks["target_idx"], grid,
-                                 os.path.join(workdir, "mask_examples.png")))
-  eval_path = os.path.join(workdir, "eval.json")
-  if os.path.exists(eval_path):
-    with open(eval_path) as f:
-      written.append(probe_results(json.load(f), os.path.join(workdir, "probe_results.png")))
+                                 storage.join(workdir, "mask_examples.png")))
+  eval_path = storage.path(workdir) / "eval.json"
+  if eval_path.exists():
+    written.append(probe_results(json.loads(eval_path.read_text()), storage.join(workdir, "probe_results.png")))
   return written

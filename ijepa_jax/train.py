@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ijepa_jax import checkpoint, data, metrics, optim, preemption, sharding
+from ijepa_jax import checkpoint, data, metrics, optim, preemption, sharding, storage
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.masks import MultiBlockSampler
 from ijepa_jax.models import make_models
@@ -118,18 +118,6 @@ def schedule_lengths(config, num_examples: int) -> tuple[int, int]:
 
 
 # ============================================================================ the loop
-def _check_writable(workdir: str) -> None:
-  """Fails before any data is read if the workdir cannot hold checkpoints."""
-  probe = os.path.join(workdir, f".write_test_{jax.process_index()}")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"cannot write to --workdir={workdir}: {e.strerror or e}. Choose a writable directory.") from None
-
-
 def _diverged(step: int) -> str:
   return (f"the loss or the gradients are not finite at step {step}; the last checkpoint is intact "
           f"(lower optim.lr, or set --config.skip_nonfinite_steps=True to skip such steps).")
@@ -142,7 +130,8 @@ def _say(text: str) -> None:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
-  _check_writable(workdir)
+  # Before any data is read or any step compiled: the workdir (local or gs://) can hold checkpoints.
+  storage.check_writable(workdir, probe_name=f".write_test_{jax.process_index()}")
 
   # -- mesh
   mesh = sharding.make_mesh(config.mesh, dcn_cfg=config.mesh_dcn)
@@ -173,8 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   else:
     state, resumed = init(), None
     if jax.process_index() == 0:
-      with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+      storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
   writer = metrics.MetricWriter(workdir, total_steps, start_step=int(state.step))
   if resumed:
     writer.message(resumed)
@@ -232,6 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if done % config.checkpoint_every == 0 or done == stop or preempted:
           if int(m["nonfinite"]) and not config.skip_nonfinite_steps:  # never save a broken state
             raise FloatingPointError(_diverged(done))
+          writer.flush()  # the metrics up to this checkpoint are durable with it (gs:// included)
           checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop or preempted)
         if preempted:
           break
@@ -277,8 +266,10 @@ def _write_plots(config, sampler, workdir: str) -> None:
 def load(workdir: str, step: int | None = None, devices=None):
   """(config, encoder, state) from a workdir's checkpoint, restored onto `devices` (default: one device),
   whatever mesh wrote it. The target encoder's features: encoder.apply({'params': state.target}, images)."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config_file = storage.check_readable(workdir, "workdir") / "config.json"
+  if not config_file.exists():
+    raise ConfigError(f"{config_file} not found: point at the --workdir of an ijepa_jax run.")
+  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
   devices = jax.devices()[:1] if devices is None else devices
   config.mesh = ml_collections.ConfigDict(dict(data=len(devices), fsdp=1))
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -291,5 +282,5 @@ def load(workdir: str, step: int | None = None, devices=None):
   # Schedule lengths only shape the optimizer's functions, not the state: any positive values do.
   encoder, abstract_state, _, _ = build(config, mesh, sampler, total_steps=1, warmup_steps=0)
   # Only the train state: the data iterator position belongs to the processes that wrote it.
-  state = checkpoint.restore_state(os.path.join(checkpoint.checkpoint_dir(workdir), str(step)), abstract_state)
+  state = checkpoint.restore_state(storage.join(checkpoint.checkpoint_dir(workdir), str(step)), abstract_state)
   return config, encoder, state

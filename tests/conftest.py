@@ -43,3 +43,51 @@ def tiny_config(**overrides):
       target = target[p]
     target[last] = value
   return c
+
+
+# --------------------------------------------------------------------------------- Cloud Storage, on loopback
+GCS_BUCKET = "ijepa-test"
+
+
+@pytest.fixture(scope="session")
+def gcs():
+  """A Cloud Storage emulator (tests/gcs_emulator.py: gcp-storage-emulator's JSON API) on 127.0.0.1 for the whole session, with
+  bucket GCS_BUCKET, and both storage clients pointed at it by their documented settings:
+  STORAGE_EMULATOR_HOST (gcsfs, behind etils.epath) and TENSORSTORE_GCS_HTTP_URL (tensorstore, behind
+  Orbax). Subprocesses inherit them. Yields a function: gcs("name") -> a fresh gs:// prefix."""
+  import socket
+  import subprocess
+  import sys
+  import time
+  import uuid
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "gcs_emulator.py"), f"--port={port}",
+                           f"--bucket={GCS_BUCKET}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 60
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), 0.5).close()
+      break
+    except OSError:
+      if time.time() > deadline or proc.poll() is not None:
+        proc.kill()
+        pytest.fail("the Cloud Storage emulator did not start (pip install -e '.[test]')")
+      time.sleep(0.1)
+  url = f"http://127.0.0.1:{port}"
+  settings = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+              # gcsfs's bucket-type probe uses a gRPC control API that the emulator does not serve
+              "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+  before = {k: os.environ.get(k) for k in settings}
+  os.environ.update(settings)
+  try:
+    yield lambda name: f"gs://{GCS_BUCKET}/{name}-{uuid.uuid4().hex[:8]}"
+  finally:
+    for k, v in before.items():
+      if v is None:
+        os.environ.pop(k, None)
+      else:
+        os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=30)

@@ -58,3 +58,43 @@ def test_hybrid_mesh_keeps_each_slice_together_and_errors_name_the_fix():
   assert "config.mesh_dcn" in single and "1 slices" in single
   assert "unevenly" in uneven
   assert out["one_slice"] == [[0, 1, 2, 3], [4, 5, 6, 7]]    # one slice: the plain mesh, as before
+
+
+PAPER_DEFAULT = textwrap.dedent("""
+    import importlib.util, json, math, jax, numpy as np
+    jax.config.update("jax_num_cpu_devices", 8)
+    from ijepa_jax import sharding, train
+    from ijepa_jax.masks import MultiBlockSampler
+    out = {}
+    for name in ("vit_h14", "vit_h16_448", "vit_h14_in22k", "vit_g16_in22k", "fashion_mnist"):
+      spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      c = module.get_config()
+      mesh = sharding.make_mesh(c.mesh, jax.devices())        # the config's own mesh, unchanged
+      sampler = MultiBlockSampler.from_config(c.mask, c.data.image_size // c.model.patch_size)
+      _, state, _, _ = train.build(c, mesh, sampler, total_steps=10, warmup_steps=1)   # shapes only
+      leaves = [x for part in (state.params, state.opt_state, state.target) for x in jax.tree.leaves(part)]
+      per_device = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
+      total = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+      matrices = [x for x in jax.tree.leaves(state.params) if x.ndim >= 2]
+      out[name] = dict(mesh=dict(mesh.shape), ratio=per_device / (total / 8),
+                       unsplit=sum(x.sharding.shard_shape(x.shape) == x.shape for x in matrices),
+                       matrices=len(matrices))
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_paper_configs_shard_the_train_state_by_default():
+  """The plain command on a pod is the memory-efficient one: on 8 devices each paper config's own mesh
+  splits every parameter matrix (and so the optimizer state and the EMA target) over the devices; the
+  Fashion-MNIST demo stays data parallel on its CPU devices."""
+  import json
+  proc = subprocess.run([sys.executable, "-c", PAPER_DEFAULT], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  for name in ("vit_h14", "vit_h16_448", "vit_h14_in22k", "vit_g16_in22k"):
+    assert out[name]["mesh"] == {"data": 1, "fsdp": 8}, out[name]
+    assert out[name]["unsplit"] == 0 and out[name]["matrices"] > 100, out[name]
+    assert out[name]["ratio"] <= 1.15, out[name]
+  assert out["fashion_mnist"]["mesh"] == {"data": 8, "fsdp": 1} and abs(out["fashion_mnist"]["ratio"] - 8) < 1e-9

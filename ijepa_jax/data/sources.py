@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ijepa_jax import storage
 from ijepa_jax.data.transforms import _as_array
 from ijepa_jax.errors import ConfigError
 
@@ -64,13 +65,13 @@ def _pair(config, name: str, default: tuple[float, float]) -> tuple[float, float
 
 # ---------------------------------------------------------------------------------------------- Fashion-MNIST
 def _read_idx(path: str, magic: int, ndim: int) -> np.ndarray:
-  if not os.path.isfile(path):
+  if not storage.path(path).is_file():
     raise ConfigError(
         f"Fashion-MNIST file {path} not found: install it with `apt-get install dataset-fashion-mnist` "
         f"or point --config.data.path=... at the folder holding the gzipped IDX files.")
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
+  raw = storage.path(path).read_bytes()
+  if path.endswith(".gz"):
+    raw = gzip.decompress(raw)
   if len(raw) < 4 + 4 * ndim:
     raise ConfigError(f"{path} is not an IDX file (too short): reinstall dataset-fashion-mnist or fix --config.data.path.")
   got_magic = struct.unpack(">i", raw[:4])[0]
@@ -91,7 +92,8 @@ def load_fashion_mnist(path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   if split not in _FASHION_FILES:
     raise ConfigError(f"Fashion-MNIST has splits {tuple(_FASHION_FILES)}, not {split!r}: "
                       f"set --config.data.split=train / --config.data.eval_split=test.")
-  image_file, label_file = (os.path.join(path, f) for f in _FASHION_FILES[split])
+  storage.check_readable(path, "--config.data.path")
+  image_file, label_file = (storage.join(path, f) for f in _FASHION_FILES[split])
   images = _read_idx(image_file, _IDX_IMAGES_MAGIC, 3)
   labels = _read_idx(label_file, _IDX_LABELS_MAGIC, 1)
   if images.shape[0] != labels.shape[0]:
@@ -197,12 +199,13 @@ class ImageFolder:
   def __init__(self, root: str, split: str, channels: int = 3):
     self.root = root
     self.split = split
-    self.directory = os.path.join(root, split)
+    storage.check_readable(root, "--config.data.path")
+    self.directory = storage.join(root, split)  # local or gs://
     self.channels = channels
     self.mode = _pil_mode(channels)
-    if not os.path.isdir(self.directory):
+    if not storage.path(self.directory).is_dir():
       raise ConfigError(f"image folder {self.directory} not found: set {_IMAGE_FOLDER_HINT}.")
-    classes = sorted(e.name for e in os.scandir(self.directory) if e.is_dir())
+    classes = sorted(e.name for e in storage.path(self.directory).iterdir() if e.is_dir())
     if not classes:
       raise ConfigError(f"{self.directory} has no class sub-folders: set {_IMAGE_FOLDER_HINT}.")
     names: list[bytes] = []
@@ -210,11 +213,9 @@ class ImageFolder:
     empty = []
     for label, cls in enumerate(classes):
       found = []
-      cls_dir = os.path.join(self.directory, cls)
-      for dirpath, dirnames, filenames in os.walk(cls_dir, followlinks=True):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, self.directory)
-        found.extend(os.path.join(rel, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
+      for rel, filenames in storage.walk_files(storage.join(self.directory, cls)):
+        sub = cls if rel == "." else os.path.join(cls, rel)
+        found.extend(os.path.join(sub, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
       if not found:
         empty.append(cls)
       found.sort()
@@ -238,12 +239,12 @@ class ImageFolder:
 
   def path(self, index: int) -> str:
     rel = os.fsdecode(self._blob[self._offsets[index]:self._offsets[index + 1]])
-    return os.path.join(self.directory, rel)
+    return f"{self.directory}/{rel}"
 
   def _decode(self, index: int, draft_size: int | None) -> np.ndarray | None:
     path = self.path(index)
     try:
-      with Image.open(path) as img:
+      with storage.open_image(path) as f, Image.open(f) as img:
         if draft_size is not None and img.format == "JPEG":
           img.draft(self.mode, (draft_size, draft_size))  # DCT-domain downscale, never below draft_size
         arr = _as_array(_pil_convert(img, self.mode))
@@ -281,6 +282,8 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str, data_dir: str | None, channels: int = 3):
     self.name, self.split, self.data_dir, self.channels = name, split, data_dir or None, channels
+    if self.data_dir and storage.is_remote(self.data_dir):
+      storage.check_readable(self.data_dir, "--config.data.tfds_data_dir")
     self._ds = None
     ds = self._open()
     self._len = len(ds)
