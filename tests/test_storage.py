@@ -132,3 +132,27 @@ def test_no_credentials_is_one_clear_line(gcs, tmp_path):
   line = _one_error_line(_cli("ijepa_jax.extract", "--checkpoint=gs://some-bucket/run",
                               "--images=gs://some-bucket/x.npy", "--out=/tmp/f.npy", env=env, timeout=120))
   assert "no Google Cloud credentials" in line
+
+
+def test_fashion_mnist_and_tfds_data_dir_in_a_bucket(gcs):
+  """The IDX files read from gs:// equal the local ones; a TFDS data_dir in a bucket reaches
+  tfds.data_source (which reads the bucket itself), and a missing bucket is named before it."""
+  from ijepa_jax import storage
+  from ijepa_jax.data import sources
+  from ijepa_jax.errors import ConfigError
+  from test_data import FMNIST, make_config
+  root = gcs("fmnist")
+  for name in sources._FASHION_FILES["test"]:
+    storage.path(f"{root}/{name}").write_bytes(storage.path(f"{FMNIST}/{name}").read_bytes())
+  images, labels = sources.load_fashion_mnist(root, "test")
+  local_images, local_labels = sources.load_fashion_mnist(FMNIST, "test")
+  np.testing.assert_array_equal(images, local_images)
+  np.testing.assert_array_equal(labels, local_labels)
+  with pytest.raises(ConfigError, match="bucket gs://no-such-bucket does not exist"):
+    sources.load_fashion_mnist("gs://no-such-bucket/fmnist", "test")
+
+  with pytest.raises(ConfigError, match="bucket gs://no-such-bucket does not exist.*tfds_data_dir"):
+    sources.make_source(make_config("tfds", tfds_name="imagenet2012", tfds_data_dir="gs://no-such-bucket/tfds"),
+                        "train")
+  with pytest.raises(ConfigError, match=r"cannot open TFDS dataset 'imagenet2012'.*data_dir=gs://"):
+    sources.make_source(make_config("tfds", tfds_name="imagenet2012", tfds_data_dir=f"{root}/tfds"), "train")
