@@ -140,7 +140,9 @@ class WriteError(Exception):
 
 
 def _write_failed(manager, e: Exception) -> WriteError:
-  complete = sorted(int(p.name) for p in epath.Path(manager.directory).iterdir() if p.name.isdigit())
+  # Finalized ones only: on Cloud Storage a half-written step's folder exists under its final name.
+  complete = sorted(int(p.name) for p in epath.Path(manager.directory).iterdir()
+                    if p.name.isdigit() and ocp.step.is_checkpoint_finalized(p))
   intact = f"the newest complete checkpoint is step {complete[-1]}" if complete else "no checkpoint was completed"
   return WriteError(f"could not write a checkpoint in {manager.directory}: {_short(e)}. Nothing was overwritten: "
                     f"{intact}. Free disk space (or fix permissions) and re-run the same command to continue.")
