@@ -86,6 +86,19 @@ def _scheduled_weight_decay(schedule, mask_fn) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+# The optimizer-state parts that only count steps for the lr and wd schedules. A skipped step (with
+# skip_nonfinite_steps) advances them with `step` and the EMA momentum, as the release's schedulers
+# advance every iteration; Adam's moments and its bias-correction count stay, as torch's GradScaler
+# skips optimizer.step().
+SCHEDULE_STATES = (_DecayState, optax.ScaleByScheduleState)
+
+
+def keep_all_but_schedules(kept, advanced):
+  """The optimizer state `kept`, with the schedules' counters taken from `advanced`."""
+  is_schedule = lambda x: isinstance(x, SCHEDULE_STATES)
+  return jax.tree.map(lambda k, a: a if is_schedule(k) else k, kept, advanced, is_leaf=is_schedule)
+
+
 def make_optimizer(optim_cfg, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
   """torch.optim.AdamW as the release uses it: p -= lr * (adam(g) + wd * p), decay masked."""
   return optax.chain(

@@ -8,7 +8,8 @@
   params  <- AdamW(grad loss);  target <- m * target + (1 - m) * params.encoder   (after the update)
 
 A step whose loss or gradients are not finite is flagged in the metrics ('nonfinite'); with
-skip_nonfinite it also leaves params, target and optimizer state as they were (only `step` advances).
+skip_nonfinite it also leaves params, target and Adam's state as they were, while `step` and every
+schedule (lr, weight decay, EMA momentum) advance, as in the release (GradScaler skips the update).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import struct
+
+from ijepa_jax import optim
 
 LOSSES = ("smooth_l1", "l2")
 
@@ -98,6 +101,7 @@ def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.Gradient
     new = (params, target, opt_state)
     if skip_nonfinite:
       new = jax.tree.map(lambda n, old: jnp.where(finite, n, old), new, (state.params, state.target, state.opt_state))
+      new = (*new[:2], optim.keep_all_but_schedules(new[2], opt_state))  # every schedule reads one step count
     metrics = {"loss": value, "grad_norm": grad_norm, "nonfinite": 1 - finite.astype(jnp.int32),
                "skipped_images": jnp.sum(batch["skipped"])}  # undecodable files replaced, all processes
     return TrainState(state.step + 1, *new), metrics
