@@ -100,10 +100,36 @@ def test_vectorised_crop_matches_pillow():
   assert (boxes[:, 2] >= 1).all() and (boxes[:, 0] + boxes[:, 2] <= 28).all()
   assert (boxes[:, 3] >= 1).all() and (boxes[:, 1] + boxes[:, 3] <= 24).all()
   for size in (16, 40):
-    fast = data._resize_boxes(images, boxes.astype(np.float64), size)
-    ref = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR, box=(l, t, l + w, t + h)))
+    fast = data._resize_boxes(images, boxes.astype(np.float64), size, crop_first=True)
+    ref = np.stack([np.asarray(Image.fromarray(im).crop((l, t, l + w, t + h)).resize((size, size), Image.BILINEAR))
                     for im, (t, l, h, w) in zip(images, boxes.tolist())])
     assert np.abs(fast.astype(int) - ref).max() <= 1  # Pillow rounds to 8 bits between its two passes
+    boxed = data._resize_boxes(images, boxes.astype(np.float64), size)   # Pillow's resize(box=...), for center views
+    ref = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR, box=(l, t, l + w, t + h)))
+                    for im, (t, l, h, w) in zip(images, boxes.tolist())])
+    assert np.abs(boxed.astype(int) - ref).max() <= 1
+
+
+def test_random_resized_crop_reads_only_the_crop():
+  """torchvision's resized_crop is a crop, then a resize: pixels outside the crop change nothing
+  (Pillow's resize(box=...) reads past the box's edges). Checked on a 500x600 image -> 224, per example
+  and vectorised."""
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 256, (500, 600, 3), dtype=np.uint8)
+  top, left, h, w = data.transforms._sample_crop_box(np.random.default_rng(4), 500, 600, (0.3, 1.0), (3 / 4, 4 / 3))
+  assert top > 0 and left > 0 and top + h < 500 and left + w < 600   # a box with pixels around it
+  outside = image.copy()
+  outside[:top], outside[top + h:], outside[:, :left], outside[:, left + w:] = 0, 255, 0, 255
+  a = data.random_resized_crop(image, np.random.default_rng(4), 224)
+  np.testing.assert_array_equal(a, data.random_resized_crop(outside, np.random.default_rng(4), 224))
+  np.testing.assert_array_equal(a, np.asarray(Image.fromarray(image[top:top + h, left:left + w]).resize(
+      (224, 224), Image.BILINEAR)))
+  box = np.array([[top, left, h, w]], np.float64)
+  batched = data._resize_boxes(np.stack([image, outside]), np.repeat(box, 2, 0), 224, crop_first=True)
+  np.testing.assert_array_equal(batched[0], batched[1])
+  assert np.abs(batched[0].astype(int) - a).max() <= 1
+  old = np.asarray(Image.fromarray(image).resize((224, 224), Image.BILINEAR, box=(left, top, left + w, top + h)))
+  assert (old != a).any()   # the former resize(box=...) differs at the edges
 
 
 def test_center_resize():

@@ -46,7 +46,7 @@ class _CropArrayBatch(grain.transforms.RandomMap):
     images = self.images[indices]
     b, height, width, _ = images.shape
     boxes = _sample_crop_boxes(rng, b, height, width, self.scale, self.ratio)
-    out = _resize_boxes(images, boxes.astype(np.float64), self.size)
+    out = _resize_boxes(images, boxes.astype(np.float64), self.size, crop_first=True)
     return {"images": _to_channels(out, self.channels), "skipped": np.zeros((b,), np.int32)}
 
 

@@ -57,7 +57,9 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
   """torchvision's RandomResizedCrop: uint8 [h, w, c] (c = 1 or 3) -> uint8 [size, size, c], bilinear."""
   height, width = image.shape[:2]
   top, left, h, w = _sample_crop_box(rng, height, width, scale, ratio)
-  out = _pil_image(image).resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+  # Crop, then resize, as torchvision's resized_crop: the filter never reads pixels outside the crop
+  # (Pillow's resize(box=...) would, at the crop's edges).
+  out = _pil_image(image).crop((left, top, left + w, top + h)).resize((size, size), Image.BILINEAR)
   return _as_array(out)
 
 
@@ -79,8 +81,10 @@ def center_resize(image: np.ndarray, size: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- batched crops
 # Vectorised crop+resize for batches of equal-size images: out = Wy @ image @ Wx^T per example, with the
 # weights of Pillow's BILINEAR resample (a triangle filter widened by the scale factor when downscaling).
-def _resize_weights(start: np.ndarray, extent: np.ndarray, in_size: int, out_size: int) -> np.ndarray:
-  """[b] box starts/extents (input pixels) -> [b, out_size, in_size] float32 row-normalised weights."""
+def _resize_weights(start: np.ndarray, extent: np.ndarray, in_size: int, out_size: int,
+                    crop_first: bool = False) -> np.ndarray:
+  """[b] box starts/extents (input pixels) -> [b, out_size, in_size] float32 row-normalised weights.
+  crop_first: only the pixels inside the (integer) box get weight, as when the box is cropped first."""
   start = np.asarray(start, np.float32)
   scale = np.asarray(extent, np.float32) / np.float32(out_size)  # [b]
   inv_fs = 1.0 / np.maximum(scale, np.float32(1.0))
@@ -88,16 +92,20 @@ def _resize_weights(start: np.ndarray, extent: np.ndarray, in_size: int, out_siz
   pixels = np.arange(in_size, dtype=np.float32) + 0.5
   x = (pixels[None, None, :] - centers[:, :, None]) * inv_fs[:, None, None]
   w = np.maximum(np.float32(0.0), 1.0 - np.abs(x, out=x), out=x)
+  if crop_first:
+    inside = (pixels[None, :] > start[:, None]) & (pixels[None, :] < (start + np.asarray(extent, np.float32))[:, None])
+    w *= inside[:, None, :]
   total = w.sum(-1, keepdims=True)
   w /= np.where(total > 0, total, np.float32(1.0))
   return w
 
 
-def _resize_boxes(images: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
-  """images uint8 [b, H, W, C], boxes float [b, 4] = (top, left, h, w) -> uint8 [b, size, size, C]."""
+def _resize_boxes(images: np.ndarray, boxes: np.ndarray, size: int, crop_first: bool = False) -> np.ndarray:
+  """images uint8 [b, H, W, C], boxes float [b, 4] = (top, left, h, w) -> uint8 [b, size, size, C].
+  crop_first: the random resized crop's semantics (crop, then resize); else Pillow's resize(box=...)."""
   b, height, width, c = images.shape
-  wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size)  # [b, S, H]
-  wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size)  # [b, S, W]
+  wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size, crop_first)  # [b, S, H]
+  wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size, crop_first)  # [b, S, W]
   x = images.astype(np.float32)
   t = np.matmul(wy, x.reshape(b, height, width * c)).reshape(b, size, width, c)  # rows
   t = t.transpose(0, 2, 1, 3).reshape(b, width, size * c)  # [b, W, S*C]
