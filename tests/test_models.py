@@ -454,3 +454,20 @@ def test_remat_policy_names():
     assert enc.remat == pred.remat == policy
   with pytest.raises(ConfigError, match="model.remat='everything' is not one of"):
     make_models(ConfigDict(dict(base, remat="everything")), 16, 3, jnp.float32)
+
+
+def test_layer_norm_variance_is_the_direct_form():
+  """torch's LayerNorm computes mean((x - mean)^2); flax's fast form E[x^2] - E[x]^2 loses the variance
+  to cancellation when the mean dwarfs the spread. On such a row ours stays at fp32 rounding error of
+  the float64 result, where the fast form is off by orders of magnitude more."""
+  from ijepa_jax.models.vit import LN_EPS, layer_norm
+  rng = np.random.default_rng(0)
+  x = (300.0 + 0.05 * rng.standard_normal((4, 1280))).astype(np.float32)
+  x64 = x.astype(np.float64)
+  ref = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + LN_EPS)
+  ln = layer_norm("norm")
+  params = ln.init(jax.random.PRNGKey(0), x)
+  ours = np.asarray(ln.apply(params, x))
+  fast = np.asarray(nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=True).apply(params, x))
+  assert np.abs(ours - ref).max() < 2e-3
+  assert np.abs(fast - ref).max() > 30 * np.abs(ours - ref).max()

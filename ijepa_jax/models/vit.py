@@ -60,9 +60,12 @@ def _ones(names):
 
 
 def layer_norm(name: str) -> nn.LayerNorm:
-  """LayerNorm in fp32, whatever the compute dtype (autocast's float32 list)."""
+  """LayerNorm in fp32, whatever the compute dtype (autocast's float32 list). The variance is computed
+  as torch does, mean((x - mean)^2), not flax's default E[x^2] - E[x]^2, which cancels catastrophically
+  when |mean| >> std (as in the fp32 residual stream of deep blocks)."""
   return nn.LayerNorm(
     epsilon=LN_EPS,
+    use_fast_variance=False,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     scale_init=_ones(("norm",)),
