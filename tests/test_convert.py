@@ -245,6 +245,18 @@ def test_release_checkpoint_is_imported_exactly(release):
   assert rel <= RTOL
 
 
+def test_release_checkpoint_into_a_bucket(release, gcs):
+  """convert --out=gs://...: the imported checkpoint and config.json land in the bucket and load back
+  exactly; the torch input itself must be local (one clear error otherwise)."""
+  out = gcs("converted")
+  convert.convert(release["config"], out, torch_path=str(release["tmp"] / "ijepa.pth.tar"), log=lambda *_: None)
+  _, _, state = train.load(out)
+  jax.tree.map(np.testing.assert_array_equal, state.params, release["params"])
+  jax.tree.map(np.testing.assert_array_equal, state.target, release["target"])
+  with pytest.raises(ConfigError, match="copy it first"):
+    convert.convert(release["config"], gcs("x"), torch_path=f"{out}/ijepa.pth.tar", log=None)
+
+
 def test_release_checkpoint_into_a_scan_layers_workdir(release, tmp_path):
   """The same import with model.scan_layers=True: every tensor stacked on the layer axis, the same encoder
   output; --workdir rewrites it back into the unrolled layout exactly."""
