@@ -24,14 +24,18 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_two_processes(workdir, *extra):
+def _start_two_processes(workdir, *extra):
   port = _free_port()
   env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       [sys.executable, "-m", "ijepa_jax.main", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
        *TINY, *STEPS, *extra], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
+
+
+def _run_two_processes(workdir, *extra):
+  procs = _start_two_processes(workdir, *extra)
   outs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
@@ -102,13 +106,7 @@ def test_two_processes_on_gcs_killed_then_resumed_from_the_bucket(gcs, tmp_path)
   args = ["--config.total_steps=30", "--config.checkpoint_every=3"]
   _run_two_processes(full, *args)
 
-  port = _free_port()
-  env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "ijepa_jax.main", "--config=configs/fashion_mnist.py", f"--workdir={workdir}",
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-       *TINY, *STEPS, *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+  procs = _start_two_processes(workdir, *args)
   checkpoints = epath.Path(workdir) / "checkpoints"
   deadline = time.time() + 300
   while time.time() < deadline and all(p.poll() is None for p in procs):
