@@ -22,9 +22,12 @@ compared with ours, which catches a wrong patch or image size in the config.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 
@@ -61,62 +64,70 @@ def _strip_module(state_dict: dict, what: str) -> dict[str, np.ndarray]:
   return out
 
 
-def _local_input(flag: str, path: str) -> None:
+@contextlib.contextmanager
+def _local_file(path: str):
+  """A local path torch or safetensors can open: the file itself, or a temporary copy of a gs:// object."""
   from ijepa_jax import storage
-  if storage.is_remote(path):
-    raise ConfigError(f"{flag}={path}: torch reads local files; copy it first (gcloud storage cp -r {path} .) "
-                      f"and pass the local copy. --out may be gs://.")
+  if not storage.is_remote(path):
+    yield path
+    return
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, storage.path(path).name)
+    with storage.path(path).open("rb") as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst, 64 * 2 ** 20)
+    yield local
 
 
 def read_release(path: str) -> dict[str, dict[str, np.ndarray]]:
-  """The release's *.pth.tar -> {'encoder', 'predictor', 'target_encoder'} of numpy state dicts."""
-  _local_input("--torch", path)
+  """The release's *.pth.tar (local or gs://) -> {'encoder', 'predictor', 'target_encoder'} of numpy state dicts."""
+  from ijepa_jax import storage
   torch = _torch()
-  if not os.path.isfile(path):
+  if not storage.check_readable(path, "--torch").is_file():
     raise ConfigError(f"--torch={path}: no such file")
-  try:
-    # mmap keeps a multi-GB ViT-H checkpoint (optimizer moments included) out of RAM until read.
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-  except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-  if not isinstance(ckpt, dict):
-    raise ConfigError(f"{path} holds a {type(ckpt).__name__}, not the release's checkpoint dict")
-  missing = [k for k in ("encoder", "predictor", "target_encoder") if k not in ckpt]
-  if missing:
-    raise ConfigError(f"{path} has no {missing} entries (found {sorted(ckpt)}): not a release I-JEPA "
-                      "checkpoint; for a Hugging Face IJepaModel use --hf")
-  return {k: _strip_module(ckpt[k], k) for k in ("encoder", "predictor", "target_encoder")}
+  with _local_file(path) as local:
+    try:
+      # mmap keeps a multi-GB ViT-H checkpoint (optimizer moments included) out of RAM until read.
+      ckpt = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) pickles cannot be memory-mapped
+      ckpt = torch.load(local, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict):
+      raise ConfigError(f"{path} holds a {type(ckpt).__name__}, not the release's checkpoint dict")
+    missing = [k for k in ("encoder", "predictor", "target_encoder") if k not in ckpt]
+    if missing:
+      raise ConfigError(f"{path} has no {missing} entries (found {sorted(ckpt)}): not a release I-JEPA "
+                        "checkpoint; for a Hugging Face IJepaModel use --hf")
+    return {k: _strip_module(ckpt[k], k) for k in ("encoder", "predictor", "target_encoder")}
 
 
 def read_hf(path: str) -> tuple[dict[str, np.ndarray], dict]:
-  """A Hugging Face IJepaModel (model.safetensors, or a directory with one) -> (state dict, config.json)."""
+  """A Hugging Face IJepaModel (model.safetensors, or a directory with one; local or gs://) ->
+  (state dict, config.json)."""
   import json
-  _local_input("--hf", path)
+  from ijepa_jax import storage
   torch = _torch()
-  file = path
-  if os.path.isdir(path):
+  file = storage.check_readable(path, "--hf")
+  if file.is_dir():
     for name in ("model.safetensors", "pytorch_model.bin"):
-      if os.path.isfile(os.path.join(path, name)):
-        file = os.path.join(path, name)
+      if (file / name).is_file():
+        file = file / name
         break
     else:
       raise ConfigError(f"--hf={path}: no model.safetensors (or pytorch_model.bin) in this directory")
-  if not os.path.isfile(file):
+  if not file.is_file():
     raise ConfigError(f"--hf={path}: no such file or directory")
-  if file.endswith(".safetensors"):
-    try:
-      from safetensors.torch import load_file
-    except ImportError:
-      raise ConfigError("reading .safetensors needs safetensors: pip install safetensors") from None
-    tensors = load_file(file, device="cpu")
-  else:
-    tensors = torch.load(file, map_location="cpu", weights_only=True)
-  hf_config = {}
-  config_file = os.path.join(os.path.dirname(os.path.abspath(file)), "config.json")
-  if os.path.isfile(config_file):
-    with open(config_file) as f:
-      hf_config = json.load(f)
-  return {k: _numpy(v) for k, v in tensors.items()}, hf_config
+  with _local_file(os.fspath(file)) as local:
+    if file.name.endswith(".safetensors"):
+      try:
+        from safetensors.torch import load_file
+      except ImportError:
+        raise ConfigError("reading .safetensors needs safetensors: pip install safetensors") from None
+      tensors = load_file(local, device="cpu")
+    else:
+      tensors = torch.load(local, map_location="cpu", weights_only=True)
+    state = {k: _numpy(v) for k, v in tensors.items()}
+  config_file = file.parent / "config.json"
+  hf_config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+  return state, hf_config
 
 
 # ============================================================================ name mapping

@@ -246,15 +246,18 @@ def test_release_checkpoint_is_imported_exactly(release):
 
 
 def test_release_checkpoint_into_a_bucket(release, gcs):
-  """convert --out=gs://...: the imported checkpoint and config.json land in the bucket and load back
-  exactly; the torch input itself must be local (one clear error otherwise)."""
+  """convert with the release's checkpoint in a bucket and --out=gs://...: the imported checkpoint and
+  config.json land in the bucket and load back exactly."""
+  from ijepa_jax import storage
+  bucket = gcs("release")
+  storage.path(f"{bucket}/ijepa.pth.tar").write_bytes((release["tmp"] / "ijepa.pth.tar").read_bytes())
   out = gcs("converted")
-  convert.convert(release["config"], out, torch_path=str(release["tmp"] / "ijepa.pth.tar"), log=lambda *_: None)
+  convert.convert(release["config"], out, torch_path=f"{bucket}/ijepa.pth.tar", log=lambda *_: None)
   _, _, state = train.load(out)
   jax.tree.map(np.testing.assert_array_equal, state.params, release["params"])
   jax.tree.map(np.testing.assert_array_equal, state.target, release["target"])
-  with pytest.raises(ConfigError, match="copy it first"):
-    convert.convert(release["config"], gcs("x"), torch_path=f"{out}/ijepa.pth.tar", log=None)
+  with pytest.raises(ConfigError, match="no such file"):
+    convert.convert(release["config"], gcs("x"), torch_path=f"{bucket}/missing.pth.tar", log=None)
 
 
 def test_release_checkpoint_into_a_scan_layers_workdir(release, tmp_path):
