@@ -5,7 +5,7 @@ Command (what `make demo` runs):
 Expected result: README "Demo results" (measured on the 2-core machine): the table of linear, 1%-label
 and k-NN probes of the target encoder next to the same encoder at random init and raw pixels, in
 eval.md / eval.json, plus training_curves.png, mask_examples.png and probe_results.png; the linear probe
-on the last 4 layers above the raw pixels' ~84.6% (86.80 on 2026-12-02). About 12.5 minutes of
+X About 12.5 minutes of
 pretraining (3000 steps at ~270 images/s on two CPU devices) and ~6.5 of feature extraction and probes
 when the run has the machine to itself.
 

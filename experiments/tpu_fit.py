@@ -87,7 +87,7 @@ def main(argv):
             continue
           r = compile_once(config, name, remat, _BATCH.value)
           line = (f"{key} error: {r['error']} |||||\n" if "error" in r else
-                  f"{key} {r['per_device']} | {r['temp']:.2f} GiB | {r['peak']:.2f} GiB | {HBM_GIB[family]} GiB | "
+                  f"{key} {r['per_device']} | {r['temp']:.2f} GiB | {r['peak']:.2f} GiB | {hbm:.0f} GiB | "
                   f"{'yes' if r['fits'] else 'no'} | {r['seconds']} |\n")
           with open(_OUT.value, "a") as f:
             f.write(line)
