@@ -7,8 +7,7 @@ and k-NN probes of the target encoder next to the same encoder at random init an
 eval.md / eval.json, plus training_curves.png, mask_examples.png and probe_results.png; the linear probe
 on the last 4 layers above the raw pixels' ~84.7% (87.41 at 13dbd6f, 2026-12-02; runs spread ~1 point).
 About 12.5 minutes of pretraining (3000 steps at ~270-310 images/s on two CPU devices) and ~6 of feature
-extraction and probes
-when the run has the machine to itself.
+extraction and probes when the run has the machine to itself.
 
 Design (tuning log: experiments/README.md):
 - Images are upsampled 28 -> 112 px with 16x16 patches: still a 7x7 grid (the transformer's cost is
