@@ -107,16 +107,21 @@ def _short(e: Exception) -> str:
 
 
 # ============================================================================ files
-def write_text(p, text: str) -> None:
+def write_bytes(p, data: bytes) -> None:
   """Whole-file write that readers never see half-done: a temporary name renamed over the target
-  locally; on Cloud Storage an upload is atomic by itself."""
+  locally; on Cloud Storage an upload is atomic by itself. Creates missing parent folders."""
   p = path(p)
+  p.parent.mkdir(parents=True, exist_ok=True)
   if is_remote(p):
-    p.write_text(text)
+    p.write_bytes(data)
     return
   tmp = p.with_name(p.name + ".tmp")
-  tmp.write_text(text)
+  tmp.write_bytes(data)
   os.replace(tmp, p)
+
+
+def write_text(p, text: str) -> None:
+  write_bytes(p, text.encode())
 
 
 def load_npy(p, mmap: bool = False):
@@ -128,18 +133,11 @@ def load_npy(p, mmap: bool = False):
 
 
 def save_npy(p, array) -> None:
-  """np.save, whole or not at all: a temporary name renamed locally, one upload on gs://."""
+  """np.save through write_bytes: whole or not at all."""
   import numpy as np
   buf = io.BytesIO()
   np.save(buf, array)
-  p = path(p)
-  p.parent.mkdir(parents=True, exist_ok=True)
-  if is_remote(p):
-    p.write_bytes(buf.getvalue())
-    return
-  tmp = p.with_name(p.name + ".tmp")
-  tmp.write_bytes(buf.getvalue())
-  os.replace(tmp, p)
+  write_bytes(p, buf.getvalue())
 
 
 def walk_files(directory, follow_links: bool = True):
