@@ -2,6 +2,7 @@
 
   python experiments/tpu_fit.py [--configs=vit_h14,vit_g16_in22k,...] [--families=v5p,v6e,v4,v5e]
       [--remats=dots,full] [--batch=2048] [--out=experiments/results/tpu_fit.md]
+  python experiments/tpu_fit.py --largest_on=v5p-128,v6e-256 [--configs=...] [--remats=...]
 
 For each config, chip family and remat policy: the smallest slice of that family on which the train
 step at global batch --batch fits the chip's HBM, found by compiling upwards from the smallest slice
@@ -13,7 +14,11 @@ Settings: the config's own mesh (FSDP over the slice), `model.scan_layers=True` 
 ~1-2 minutes a compile on one core instead of ~15 for ViT-H unrolled), so `remat=none` would keep every
 layer's intermediates stacked (3.5x the unrolled temp on ViT-H/14); `remat=dots` inside the scan matched
 the unrolled `remat=none` on the one point compiled both ways (ViT-H/14, v5p-128: 6.94 GiB temp), and
-`remat=full` is the least memory.
+`remat=full` is the least memory. A step the compiler refuses (RESOURCE_EXHAUSTED: its temporaries
+alone exceed the HBM) is a 'no' row with the temporaries the compiler said it needs.
+
+With --largest_on: for each config, slice and remat, the largest per-device batch that fits (rows in
+experiments/results/tpu_batch.md; see largest_batches).
 """
 from __future__ import annotations
 
@@ -30,7 +35,10 @@ _CONFIGS = flags.DEFINE_list("configs", ["vit_h14", "vit_g16_in22k", "vit_h16_44
 _FAMILIES = flags.DEFINE_list("families", ["v5p", "v6e", "v4", "v5e"], "Chip families.")
 _REMATS = flags.DEFINE_list("remats", ["dots", "full"], "model.remat policies.")
 _BATCH = flags.DEFINE_integer("batch", 2048, "Global batch.")
-_OUT = flags.DEFINE_string("out", os.path.join(REPO, "experiments", "results", "tpu_fit.md"), "Results file.")
+_OUT = flags.DEFINE_string("out", os.path.join(REPO, "experiments", "results", "tpu_fit.md"),
+                           "Results file (with --largest_on: experiments/results/tpu_batch.md unless given).")
+_LARGEST_ON = flags.DEFINE_list("largest_on", [], "Slices (v5p-128,v6e-256): find the largest per-device batch "
+                                "that fits each instead of the smallest slice.")
 
 # Slice sizes as Cloud TPU names them (v4/v5p: TensorCores, 2 per chip; v5e/v6e: chips), ascending.
 SIZES = {"v5p": [8, 16, 32, 64, 128, 256, 512, 1024], "v4": [8, 16, 32, 64, 128, 256, 512, 1024],
@@ -45,15 +53,21 @@ def _gib(text: str) -> float:
   return float(value) * {"GiB": 1, "MiB": 2 ** -10, "KiB": 2 ** -20}[unit]
 
 
-def compile_once(config: str, slice_name: str, remat: str, batch: int) -> dict:
+def compile_once(config: str, slice_name: str, remat: str, batch: int | None = None,
+                 per_device_batch: int | None = None, num_slices: int = 1) -> dict:
+  """One `python -m ijepa_jax.memory` run: {'temp', 'peak' (None when the compiler ran out of HBM and
+  so reported no analysis), 'fits', 'per_device', 'seconds'} in GiB, or {'error'}."""
   cmd = [sys.executable, "-m", "ijepa_jax.memory", f"--config=configs/{config}.py", f"--topology={slice_name}",
-         "--config.model.scan_layers=True", f"--config.model.remat={remat}", f"--config.batch_size={batch}"]
+         f"--num_slices={num_slices}", "--config.model.scan_layers=True", f"--config.model.remat={remat}"]
+  cmd += [f"--per_device_batch={per_device_batch}"] if per_device_batch else [f"--config.batch_size={batch}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   out = proc.stdout
-  if proc.returncode not in (0, 1) or "| peak" not in out:
+  refused = re.search(r"temporaries alone need ([\d.]+ [GMK]iB)", out)   # RESOURCE_EXHAUSTED while compiling
+  if proc.returncode != 0 or ("| peak" not in out and not refused):
     return {"error": (proc.stderr or out).strip().splitlines()[-1][:200]}
-  row = {"temp": _gib(re.search(r"\| temp \([^|]*\| ([^|]+) \|", out).group(1)),
-         "peak": _gib(re.search(r"\| peak [^|]*\| ([^|]+) \|", out).group(1)),
+  row = {"temp": _gib(refused.group(1)) if refused else
+         _gib(re.search(r"\| temp \([^|]*\| ([^|]+) \|", out).group(1)),
+         "peak": None if refused else _gib(re.search(r"\| peak [^|]*\| ([^|]+) \|", out).group(1)),
          "fits": bool(re.search(r"^fits:", out, re.M)),
          "per_device": int(re.search(r"\((\d+) per device\)", out).group(1))}
   m = re.search(r"lower ([\d.]+) s, compile ([\d.]+) s", out)
@@ -61,12 +75,26 @@ def compile_once(config: str, slice_name: str, remat: str, batch: int) -> dict:
   return row
 
 
-def main(argv):
-  del argv
+def _row(key: str, r: dict, hbm: float) -> str:
+  if "error" in r:
+    return f"{key} error: {r['error']} |||||\n"
+  peak = f"{r['peak']:.2f} GiB" if r["peak"] is not None else "refused: out of HBM"
+  temp = f"{r['temp']:.2f} GiB" + ("" if r["peak"] is not None else " (compiler's need)")
+  return (f"{key} {r['per_device']} | {temp} | {peak} | {hbm:.0f} GiB | {'yes' if r['fits'] else 'no'} | "
+          f"{r['seconds']} |\n")
+
+
+def _append(path: str, line: str) -> None:
+  with open(path, "a") as f:
+    f.write(line)
+  print(line, end="", flush=True)
+
+
+def smallest_slices(out: str) -> None:
   from ijepa_jax import tpu_topologies
-  done = open(_OUT.value).read() if os.path.exists(_OUT.value) else ""
+  done = open(out).read() if os.path.exists(out) else ""
   if not done:
-    with open(_OUT.value, "w") as f:
+    with open(out, "w") as f:
       f.write("# Smallest Cloud TPU slices per paper config (TPU compiler, compile only)\n\n"
               f"Written by experiments/tpu_fit.py (see its docstring), libtpu 0.0.42, started "
               f"{time.strftime('%Y-%m-%d')}. Global batch {_BATCH.value}, the config's own mesh, "
@@ -82,18 +110,73 @@ def main(argv):
             continue  # the train state alone would not leave room, or the batch does not split
           key = f"| {config} | {name} | {remat} |"
           if key in done:
-            if key in done and re.search(re.escape(key) + r"[^\n]*\| yes \|", done):
+            if re.search(re.escape(key) + r"[^\n]*\| yes \|", done):
               break
             continue
           r = compile_once(config, name, remat, _BATCH.value)
-          line = (f"{key} error: {r['error']} |||||\n" if "error" in r else
-                  f"{key} {r['per_device']} | {r['temp']:.2f} GiB | {r['peak']:.2f} GiB | {hbm:.0f} GiB | "
-                  f"{'yes' if r['fits'] else 'no'} | {r['seconds']} |\n")
-          with open(_OUT.value, "a") as f:
-            f.write(line)
-          print(line, end="", flush=True)
+          _append(out, _row(key, r, hbm))
           if r.get("fits"):
             break
+
+
+def largest_batches(out: str) -> None:
+  """Per config, slice and remat: the largest per-device batch that fits. Temp grows about linearly
+  with the batch, so two compiles (the batch of --batch and 4x it) give a line, its crossing with the
+  HBM a guess, and compiles in steps of 1/16 of the guess walk from there to the last batch that fits."""
+  from ijepa_jax import tpu_topologies
+  if not os.path.exists(out):
+    with open(out, "w") as f:
+      f.write("# Largest per-device batch per paper config and slice (TPU compiler, compile only)\n\n"
+              f"Written by `experiments/tpu_fit.py --largest_on=...` (see its docstring), libtpu 0.0.42, started "
+              f"{time.strftime('%Y-%m-%d')}. The config's own mesh, model.scan_layers=True. Bytes per device; "
+              "each row is one compile, the last 'yes' of a group is its answer.\n\n" + HEADER)
+  for config in _CONFIGS.value:
+    for name in _LARGEST_ON.value:
+      slice_ = tpu_topologies.parse(name)
+      hbm = slice_.hbm_bytes / tpu_topologies.GIB
+      for remat in _REMATS.value:
+        key = lambda p: f"| {config} | {name} | {remat} | {p} |"
+        rows = {}
+        for line in open(out).read().splitlines():   # resume: the compiles already recorded
+          m = re.match(re.escape(f"| {config} | {name} | {remat} |") + r" (\d+) \| ([^|]+) \| ([^|]+) \|[^|]+\| (yes|no) \|", line)
+          if m:
+            rows[int(m.group(1))] = {"peak": None if "refused" in m.group(3) else _gib(m.group(3).strip()),
+                                     "temp": _gib(m.group(2).split(" (")[0].strip()), "fits": m.group(4) == "yes"}
+
+        def run(p):
+          if p not in rows:
+            r = compile_once(config, name, remat, per_device_batch=p)
+            _append(out, _row(f"| {config} | {name} | {remat} |", r, hbm))
+            rows[p] = r if "error" not in r else {"fits": False, "peak": None, "temp": None}
+          return rows[p]
+
+        p0 = max(1, _BATCH.value // slice_.chips)
+        a, b = run(p0), run(4 * p0)
+        if not a["fits"]:
+          continue
+        lo = 4 * p0 if b["fits"] else p0
+        if b["fits"] and a["peak"] is not None and b["peak"] is not None and b["peak"] > a["peak"]:
+          slope = (b["peak"] - a["peak"]) / (3 * p0)
+          guess = int(4 * p0 + (hbm - b["peak"]) / slope)
+        else:
+          guess = 2 * p0
+        step = max(1, guess // 16)
+        p = max(lo + step, guess // step * step)
+        if run(p)["fits"]:
+          while run(p + step)["fits"]:
+            p += step
+        else:
+          while p - step > lo and not run(p - step)["fits"]:
+            p -= step
+
+
+def main(argv):
+  del argv
+  if _LARGEST_ON.value:
+    largest_batches(_OUT.value if flags.FLAGS["out"].present else
+                    os.path.join(REPO, "experiments", "results", "tpu_batch.md"))
+  else:
+    smallest_slices(_OUT.value)
 
 
 if __name__ == "__main__":

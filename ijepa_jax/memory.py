@@ -77,7 +77,12 @@ def _compile(config, devices, per_device_batch: int | None) -> dict:
     t0 = time.perf_counter()
     lowered = step.lower(abstract_state, batch)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
+    try:
+      compiled, out_of_memory = lowered.compile(), None
+    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit its HBM
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      compiled, out_of_memory = None, str(e)
     t2 = time.perf_counter()
   parts = {"params": abstract_state.params, "opt_state": abstract_state.opt_state, "target": abstract_state.target}
   out = {k: _bytes_per_device(v) for k, v in parts.items()}
@@ -85,7 +90,7 @@ def _compile(config, devices, per_device_batch: int | None) -> dict:
   out["state_total"] = sum(_bytes_total(v) for v in parts.values())
   out["state_ratio"] = out["state"] / (out["state_total"] / len(devices))
   out.update(batch=b, mesh=dict(mesh.shape), lower_s=t1 - t0, compile_s=t2 - t1)
-  return dict(report=out, compiled=compiled, config=config, sampler=sampler, mesh=mesh)
+  return dict(report=out, compiled=compiled, out_of_memory=out_of_memory, config=config, sampler=sampler, mesh=mesh)
 
 
 def report(config, devices, per_device_batch: int | None = None) -> dict:
@@ -93,6 +98,8 @@ def report(config, devices, per_device_batch: int | None = None) -> dict:
   'state_ratio', 'temp', 'peak', 'batch', 'mesh'}, bytes per device for a mesh over `devices`."""
   c = _compile(config, devices, per_device_batch)
   out = c["report"]
+  if c["compiled"] is None:
+    raise RuntimeError(c["out_of_memory"])
   out["temp"] = int(getattr(c["compiled"].memory_analysis(), "temp_size_in_bytes", 0))
   out["peak"] = out["state"] + out["temp"]
   return out
@@ -228,25 +235,46 @@ def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int
   devices = tpu_devices(slice_, num_slices)
   c = _compile(config, devices, per_device_batch)
   out, compiled, config, sampler = c["report"], c["compiled"], c["config"], c["sampler"]
+  out.update(topology=slice_.name, topology_name=slice_.topology_name, generation=slice_.generation,
+             chips=slice_.chips, megacore=slice_.megacore, num_slices=num_slices, devices=len(devices),
+             grad_accum_steps=int(config.grad_accum_steps), remat=str(config.model.remat))
+  out["hbm"] = int(hbm_bytes) if hbm_bytes else slice_.hbm_bytes
+  per_image = flops.config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)["total"]
+  out["flops_analytic"] = per_image * out["batch"] / len(devices)
+  if compiled is None:
+    return {**out, **out_of_memory_report(c["out_of_memory"])}
   stats = compiled.memory_analysis()
   memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
   memory["generated_code"] = int(stats.generated_code_size_in_bytes)
   out.update(memory)
   out["peak"] = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
-  out["hbm"] = int(hbm_bytes) if hbm_bytes else slice_.hbm_bytes
   out["headroom"] = out["hbm"] - out["peak"]
   out["fits"] = out["headroom"] >= 0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   out["flops"] = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  per_image = flops.config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)["total"]
-  out["flops_analytic"] = per_image * out["batch"] / len(devices)
   hlo = compiled.as_text()
   out["collectives"] = collectives(hlo)
   out["while_loops"] = while_loops(hlo)
-  out.update(topology=slice_.name, topology_name=slice_.topology_name, generation=slice_.generation,
-             chips=slice_.chips, megacore=slice_.megacore, num_slices=num_slices, devices=len(devices),
-             grad_accum_steps=int(config.grad_accum_steps), remat=str(config.model.remat))
+  return out
+
+
+_GIB_FIGURE = r"([0-9.]+)([KMGT])"
+_UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def out_of_memory_report(message: str) -> dict:
+  """What the TPU compiler's RESOURCE_EXHAUSTED says: it stops before a memory analysis exists, naming
+  only the temporaries the program needs and the HBM it may use ("... HLO temporaries (69.92G) exceeds
+  available HBM (31.25G)"). {'fits': False, 'compiler_error': its first line, 'temp', 'hbm_available'}
+  (bytes; None where the message does not say)."""
+  first = next((line.strip() for line in message.splitlines() if "RESOURCE_EXHAUSTED" in line), message.strip())
+  out = {"fits": False, "compiler_error": first[first.index("RESOURCE_EXHAUSTED"):], "temp": None,
+         "hbm_available": None}
+  m = re.search(r"temporaries \(" + _GIB_FIGURE + r"\) exceeds available HBM \(" + _GIB_FIGURE + r"\)", first)
+  if m:
+    out["temp"] = int(float(m.group(1)) * _UNITS[m.group(2)])
+    out["hbm_available"] = int(float(m.group(3)) * _UNITS[m.group(4)])
   return out
 
 
@@ -294,6 +322,20 @@ def advice(r: dict) -> list[str]:
   return options
 
 
+def _out_of_memory_lines(r: dict) -> list[str]:
+  """A step the TPU compiler refused: what it said, the train state we know from the shardings, the fix."""
+  lines = [f"The TPU compiler stopped: {r['compiler_error']}",
+           f"Train state per device (from the shardings): params {_fmt(r['params'])}, opt state "
+           f"{_fmt(r['opt_state'])}, EMA target {_fmt(r['target'])}", ""]
+  if r["temp"] is not None:
+    need = (f"temporaries alone need {_fmt(r['temp'])} of the {_fmt(r['hbm_available'])} the compiler may use "
+            f"({_fmt(r['hbm'])} HBM per chip)")
+  else:
+    need = f"more than the {_fmt(r['hbm'])} HBM per chip"
+  lines.append(f"does not fit: the TPU compiler ran out of HBM: {need}. To fit, try: " + "; or ".join(advice(r)))
+  return lines
+
+
 def tpu_text(config, r: dict, libtpu_version: str) -> str:
   mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
   slices = f"{r['num_slices']} slices of " if r["num_slices"] > 1 else ""
@@ -303,21 +345,23 @@ def tpu_text(config, r: dict, libtpu_version: str) -> str:
            f"{slices}{r['topology']} ({r['topology_name']}, {r['chips']} chips, {kind}): {r['devices']} devices, "
            f"mesh {mesh}, global batch {r['batch']} ({per_device} per device)",
            f"TPU compiler, compile only (libtpu {libtpu_version}): lower {r['lower_s']:.1f} s, "
-           f"compile {r['compile_s']:.1f} s", "",
-           "| per device | bytes |", "|---|---|",
-           f"| arguments (train state + batch) | {_fmt(r['argument'])} |",
-           f"| outputs (new train state + metrics) | {_fmt(r['output'])} |",
-           f"| aliased (outputs in the donated arguments' buffers) | {_fmt(r['alias'])} |",
-           f"| temp (activations, gradients, collective buffers) | {_fmt(r['temp'])} |",
-           f"| generated code | {_fmt(r['generated_code'])} |",
-           f"| peak = arguments + outputs - aliased + temp + code | {_fmt(r['peak'])} |",
-           f"| HBM per chip ({r['generation']}) | {_fmt(r['hbm'])} |",
-           f"| headroom | {_fmt(r['headroom'])} |", "",
-           f"Train state per device (from the shardings): params {_fmt(r['params'])}, opt state "
-           f"{_fmt(r['opt_state'])}, EMA target {_fmt(r['target'])}; state ratio {r['state_ratio']:.3f} "
-           f"(1.0 = an even 1/{r['devices']} share)",
-           f"FLOPs per device per step: compiler {r['flops']:.4g}, analytic {r['flops_analytic']:.4g} "
-           f"(matmuls + attention; ratio {r['flops'] / r['flops_analytic']:.3f})"]
+           f"compile {r['compile_s']:.1f} s", ""]
+  if "compiler_error" in r:
+    return "\n".join(lines + _out_of_memory_lines(r))
+  lines += ["| per device | bytes |", "|---|---|",
+            f"| arguments (train state + batch) | {_fmt(r['argument'])} |",
+            f"| outputs (new train state + metrics) | {_fmt(r['output'])} |",
+            f"| aliased (outputs in the donated arguments' buffers) | {_fmt(r['alias'])} |",
+            f"| temp (activations, gradients, collective buffers) | {_fmt(r['temp'])} |",
+            f"| generated code | {_fmt(r['generated_code'])} |",
+            f"| peak = arguments + outputs - aliased + temp + code | {_fmt(r['peak'])} |",
+            f"| HBM per chip ({r['generation']}) | {_fmt(r['hbm'])} |",
+            f"| headroom | {_fmt(r['headroom'])} |", "",
+            f"Train state per device (from the shardings): params {_fmt(r['params'])}, opt state "
+            f"{_fmt(r['opt_state'])}, EMA target {_fmt(r['target'])}; state ratio {r['state_ratio']:.3f} "
+            f"(1.0 = an even 1/{r['devices']} share)",
+            f"FLOPs per device per step: compiler {r['flops']:.4g}, analytic {r['flops_analytic']:.4g} "
+            f"(matmuls + attention; ratio {r['flops'] / r['flops_analytic']:.3f})"]
   loops = r["while_loops"]
   if loops["windowed_einsum"]:
     lines.append(f"  the compiled step has {loops['windowed_einsum']} windowed einsums (matmuls looped over the "

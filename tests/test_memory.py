@@ -198,6 +198,30 @@ def test_memory_cli_tpu_mode_prints_the_table_and_what_to_change_when_it_does_no
   assert "TPU_ACCELERATOR_TYPE" not in proc.stderr and "TPU_WORKER_HOSTNAMES" not in proc.stderr
 
 
+def test_memory_cli_tpu_mode_says_does_not_fit_when_the_compiler_runs_out_of_hbm():
+  # 4096 images of 32x32 tokens per v5e chip: attention alone needs far more than 16 GiB, and the TPU
+  # compiler refuses the program (RESOURCE_EXHAUSTED) before any memory analysis exists
+  proc = subprocess.run(TPU_CLI + ["--topology=v5e-4", "--config.data.image_size=64", "--per_device_batch=4096"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+  out = proc.stdout
+  assert "The TPU compiler stopped: RESOURCE_EXHAUSTED: Ran out of memory on HBM" in out
+  line = [x for x in out.splitlines() if x.startswith("does not fit")][0]
+  assert "the TPU compiler ran out of HBM: temporaries alone need" in line and "(16.00 GiB HBM per chip)" in line
+  assert "--config.model.remat=full" in line and "--topology=v5litepod-8" in line and "--per_device_batch=2048" in line
+
+
+def test_out_of_memory_report_reads_the_compilers_figures():
+  from ijepa_jax.memory import GIB, out_of_memory_report
+  r = out_of_memory_report("jax.errors.JaxRuntimeError: RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total "
+                           "memory required for HLO temporaries (69.92G) exceeds available HBM (31.25G).\nmore")
+  assert r["fits"] is False and r["compiler_error"].startswith("RESOURCE_EXHAUSTED: Ran out of memory on HBM")
+  assert r["temp"] == int(69.92 * GIB) and r["hbm_available"] == int(31.25 * GIB)
+  other = out_of_memory_report("RESOURCE_EXHAUSTED: something else")
+  assert other["temp"] is None and other["hbm_available"] is None and not other["fits"]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--topology=v5p-7"], "valid forms: v4-N and v5p-N"),
     (["--topology=v5p-8", "--devices=8"], "--topology and --devices are exclusive"),
