@@ -54,8 +54,13 @@ def base_config() -> ml_collections.ConfigDict:
       num_targets=4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
       context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0),
       min_keep=10,
-      num_context=-1,            # -1: the release's mean truncated context length at reference_batch
-      reference_batch=128,       # the release's per-device batch
+      # release: the release's token counts at static shapes: whole target blocks and each device batch's
+      # contexts truncated to its shortest, padded (masked in attention and the loss); fixed: every block
+      # the smallest area and every context num_context tokens (smaller shapes). See ijepa_jax/masks.py.
+      counts="fixed",
+      num_context=-1,            # fixed: -1 = the release's mean truncated context length at reference_batch;
+                                 # release: the padded length, -1 = the longest context possible (never cut)
+      reference_batch=128,       # the release's per-device batch (for counts=fixed's num_context)
   ))
 
   c.optim = ml_collections.ConfigDict(dict(

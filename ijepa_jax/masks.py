@@ -14,7 +14,16 @@ What the release does (REFERENCE.md, "Multi-block mask sampler") and what we kee
 
 Static shapes (so a run compiles once). The release truncates every context list in a batch to the
 shortest one, and all its target lists in a batch have one length, so its shapes change every batch.
-Here every batch has exactly
+Two ways to keep one shape (`mask.counts`):
+
+`counts='release'`: the release's collator itself, per data-parallel shard (`shard_size` images: the
+release's per-GPU batch), padded: every token of every target block (padded to the largest block the
+config can draw), the context redrawn only as the release redraws it and truncated to the shard's
+shortest in raster order (padded to `num_context`: -1 = the longest context the sampler can give, so
+nothing is ever cut). The real lengths travel as `context_count` / `target_count`; the encoder and the
+predictor never attend to padding and the loss averages real elements only (step.py).
+
+`counts='fixed'` (the layout before the release-exact mode; smaller shapes): every batch has exactly
   * `num_target` tokens per target block: the smallest block area the configured scale/aspect range can
     produce; a larger block keeps a random subset of its tokens (the block's extent is unchanged);
   * `num_context` tokens of context: by default the release's *mean* truncated length, i.e. the mean
@@ -37,7 +46,9 @@ import numpy as np
 from ijepa_jax.errors import ConfigError
 
 MODES = ("release", "uniform")
+COUNTS = ("fixed", "release")
 _MAX_REDRAWS = 64
+_RELEASE_TIMEOUT = 20  # the release's context-block tries per number of target exclusions
 _SIM_BATCHES = 1024  # batches simulated to choose the default context length (~0.3 s at 16x16)
 
 
@@ -55,6 +66,8 @@ class MultiBlockSampler:
   mode: str = "release"
   num_context: int = -1
   reference_batch: int = 128
+  counts: str = "fixed"
+  shard_size: int = 0   # counts='release': images per data-parallel device (0: one call = one shard)
 
   # ------------------------------------------------------------------ construction and checks
   @classmethod
@@ -70,6 +83,7 @@ class MultiBlockSampler:
         mode=str(mask_cfg.mode),
         num_context=int(mask_cfg.get("num_context", -1)),
         reference_batch=int(mask_cfg.get("reference_batch", 128)),
+        counts=str(mask_cfg.get("counts", "fixed")),
     )
     return sampler.resolved()
 
@@ -78,6 +92,9 @@ class MultiBlockSampler:
     g = self.grid
     if self.mode not in MODES:
       raise ConfigError(f"mask.mode={self.mode!r} is not one of {MODES}: set --config.mask.mode=release or uniform.")
+    if self.counts not in COUNTS:
+      raise ConfigError(f"mask.counts={self.counts!r} is not one of {COUNTS}: set --config.mask.counts=release "
+                        "(the release's token counts, padded) or fixed.")
     for name in ("target_scale", "target_aspect", "context_scale", "context_aspect"):
       lo, hi = getattr(self, name)
       if not 0 < lo <= hi:
@@ -96,7 +113,25 @@ class MultiBlockSampler:
           f"target blocks on the {g}x{g} patch grid can be as small as {t_min} tokens, not more than "
           f"mask.min_keep={self.min_keep} (the release's sampler would loop forever here): {fix}.")
     c_min = min(h * w for h, w in self._sizes(self.context_scale, self.context_aspect))
+    if self.counts == "release" and c_min <= self.min_keep:
+      raise ConfigError(
+          f"context blocks on the {g}x{g} patch grid can be as small as {c_min} tokens, not more than "
+          f"mask.min_keep={self.min_keep} (the release's sampler would loop forever here): {fix}.")
     mean_shortest, valid_fraction = self._simulate_release()
+    if self.counts == "release":
+      if valid_fraction < 0.05:
+        raise ConfigError(
+            f"on the {g}x{g} patch grid the context keeps more than mask.min_keep={self.min_keep} tokens in only "
+            f"{100 * valid_fraction:.0f}% of images once {self.num_targets} target blocks of scale "
+            f"{self.target_scale} are removed: lower --config.mask.num_targets or --config.mask.target_scale, "
+            f"or {fix}.")
+      longest = self.max_context
+      if self.num_context > longest:
+        raise ConfigError(f"mask.num_context={self.num_context} is more than the longest context the sampler can "
+                          f"draw ({longest} tokens): leave it at -1 for the release's exact counts.")
+      if 0 < self.num_context <= self.min_keep:
+        raise ConfigError(f"mask.num_context={self.num_context} must be above mask.min_keep={self.min_keep}.")
+      return dataclasses.replace(self, num_context=int(self.num_context if self.num_context > 0 else longest))
     num_context = self.num_context if self.num_context > 0 else mean_shortest
     if num_context <= self.min_keep or valid_fraction < 0.05:
       raise ConfigError(
@@ -114,8 +149,23 @@ class MultiBlockSampler:
 
   @functools.cached_property  # computed once: it scans 2001 draws, far more than sampling a batch costs
   def num_target(self) -> int:
-    """Tokens per target block: the smallest area the scale/aspect range can produce."""
-    return min(h * w for h, w in self._sizes(self.target_scale, self.target_aspect))
+    """Tokens per target block: counts='fixed': the smallest area the scale/aspect range can produce;
+    counts='release': the largest (every block padded to it)."""
+    areas = [h * w for h, w in self._sizes(self.target_scale, self.target_aspect)]
+    return max(areas) if self.counts == "release" else min(areas)
+
+  @functools.cached_property
+  def max_context(self) -> int:
+    """The longest context the release's sampler can give: the largest context block (all target
+    exclusions dropped by its fallback)."""
+    return max(h * w for h, w in self._sizes(self.context_scale, self.context_aspect))
+
+  def example_shapes(self) -> dict[str, tuple[int, ...]]:
+    """Per-image shapes of the int32 arrays __call__ returns."""
+    shapes = {"context_idx": (self.num_context,), "target_idx": (self.num_targets, self.num_target)}
+    if self.counts == "release":
+      shapes.update(context_count=(), target_count=())
+    return shapes
 
   def _sizes(self, scale, aspect, n=2001):
     """All (h, w) one uniform draw can produce (the function is piecewise constant in the draw)."""
@@ -170,6 +220,8 @@ class MultiBlockSampler:
     return self._rects(*self._corners(rng, shape, size), size)
 
   def __call__(self, rng: np.random.Generator, batch_size: int) -> dict[str, np.ndarray]:
+    if self.counts == "release":
+      return self._release_counts(rng, batch_size)
     n, m = self.grid * self.grid, self.num_targets
     t_size, c_size = self._draw_sizes(rng)
     t_top, t_left = self._corners(rng, (batch_size, m), t_size)
@@ -199,6 +251,57 @@ class MultiBlockSampler:
     context_idx = _first(available, need) if self.mode == "release" else _pick(available, need, rng)
     return {"context_idx": context_idx, "target_idx": target_idx}
 
+  # ------------------------------------------------------------------ counts='release'
+  def _release_counts(self, rng, batch_size: int) -> dict[str, np.ndarray]:
+    """The release's collator, one data-parallel shard (its per-GPU batch) at a time, padded.
+
+    Per shard: one target size and one context size; per image, 4 target blocks (kept whole), then the
+    context block redrawn until more than min_keep tokens remain once the targets are removed, with one
+    target exclusion fewer after every 20 failures (the release's timeout); every context truncated to
+    the shard's shortest, in raster order. Returned padded to static shapes with the real lengths:
+    context_idx [B, num_context] (+ context_count [B]), target_idx [B, M, num_target] (+ target_count [B]);
+    padding repeats index 0 and is masked in attention and in the loss (step.py).
+    """
+    s = self.shard_size or batch_size
+    if batch_size % s:
+      raise ValueError(f"a batch of {batch_size} images does not split into shards of {s}")
+    g, n, m = self.grid, self.grid * self.grid, self.num_targets
+    out = {"context_idx": np.zeros((batch_size, self.num_context), np.int32),
+           "context_count": np.zeros((batch_size,), np.int32),
+           "target_idx": np.zeros((batch_size, m, self.num_target), np.int32),
+           "target_count": np.zeros((batch_size,), np.int32)}
+    for start in range(0, batch_size, s):
+      rows = slice(start, start + s)
+      available, target_idx = self._release_shard(rng, s)
+      k = min(int(available.sum(-1).min()), self.num_context)   # the shard's shortest (num_context caps it)
+      out["context_idx"][rows, :k] = _first(available, k)
+      out["context_count"][rows] = k
+      out["target_idx"][rows, :, :target_idx.shape[-1]] = target_idx
+      out["target_count"][rows] = target_idx.shape[-1]
+    return out
+
+  def _release_shard(self, rng, s: int) -> tuple[np.ndarray, np.ndarray]:
+    """One shard of the release's collator before truncation: (each image's context tokens [s, N] bool,
+    its target blocks' indices [s, M, h*w] in raster order)."""
+    g, n, m = self.grid, self.grid * self.grid, self.num_targets
+    t_size, c_size = self._draw_sizes(rng)
+    t_top, t_left = self._corners(rng, (s, m), t_size)
+    targets = self._rects(t_top, t_left, t_size)             # [s, M, g, g]
+    fails = np.zeros((s,), np.int64)
+    context = np.zeros((s, g, g), bool)
+    todo = np.arange(s)
+    while todo.size:   # each image's own tries, as the release's per-image loop
+      context[todo] = self._blocks(rng, (todo.size,), c_size)
+      excluded = np.arange(m) < (m - fails[todo] // _RELEASE_TIMEOUT)[:, None]   # [k, M]
+      covered = (targets[todo] & excluded[:, :, None, None]).any(axis=1)
+      ok = (context[todo] & ~covered).reshape(todo.size, n).sum(-1) > self.min_keep
+      context[todo] &= ~covered
+      fails[todo[~ok]] += 1
+      todo = todo[~ok]
+    (h, w) = t_size
+    offsets = (np.arange(h)[:, None] * g + np.arange(w)[None, :]).ravel()
+    return context.reshape(s, n), ((t_top * g + t_left)[..., None] + offsets).astype(np.int32)
+
   def _target_indices(self, rng, top, left, size) -> np.ndarray:
     """[B, M, num_target] raster-order token indices of each rectangle (a random subset if larger)."""
     g, (h, w), k = self.grid, size, self.num_target
@@ -208,6 +311,15 @@ class MultiBlockSampler:
       keep = np.argpartition(rng.random(idx.shape, dtype=np.float32), k - 1, axis=-1)[..., :k]
       idx = np.take_along_axis(idx, np.sort(keep, axis=-1), axis=-1)
     return idx.astype(np.int32)
+
+
+def real_tokens(masks: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """Each image's context indices [Kc_i] and target blocks [M, Kt_i] without padding (counts='release'
+  batches carry context_count / target_count; 'fixed' ones are all real)."""
+  ctx, tgt = masks["context_idx"], masks["target_idx"]
+  kc = masks.get("context_count", np.full(len(ctx), ctx.shape[1]))
+  kt = masks.get("target_count", np.full(len(tgt), tgt.shape[2]))
+  return [c[:k] for c, k in zip(ctx, kc)], [t[:, :k] for t, k in zip(tgt, kt)]
 
 
 def _first(mask: np.ndarray, k: int) -> np.ndarray:

@@ -20,6 +20,7 @@ layer's weights up front and ignores remat), so it cannot say whether a step fit
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -63,15 +64,15 @@ def _compile(config, devices, per_device_batch: int | None) -> dict:
   train.check_config(config)
   train.check_accumulation(config, dp)
   d = config.data
-  sampler = MultiBlockSampler.from_config(config.mask, d.image_size // config.model.patch_size)
+  sampler = dataclasses.replace(MultiBlockSampler.from_config(config.mask, d.image_size // config.model.patch_size),
+                                shard_size=config.batch_size // dp)
   _, abstract_state, _, step = train.build(config, mesh, sampler, total_steps=1000, warmup_steps=100)
   b, batch_sharding = config.batch_size, sharding.batch_sharding(mesh)
   batch = {
       "images": jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.channels), np.uint8, sharding=batch_sharding),
       "skipped": jax.ShapeDtypeStruct((b,), np.int32, sharding=batch_sharding),
-      "context_idx": jax.ShapeDtypeStruct((b, sampler.num_context), np.int32, sharding=batch_sharding),
-      "target_idx": jax.ShapeDtypeStruct((b, sampler.num_targets, sampler.num_target), np.int32,
-                                         sharding=batch_sharding),
+      **{k: jax.ShapeDtypeStruct((b, *shape), np.int32, sharding=batch_sharding)
+         for k, shape in sampler.example_shapes().items()},
   }
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
     t0 = time.perf_counter()

@@ -12,6 +12,7 @@ import json
 import numpy as np
 
 from ijepa_jax import storage
+from ijepa_jax.masks import real_tokens
 
 
 def _subplots(rows: int, cols: int, figsize, **kw):
@@ -46,12 +47,13 @@ def mask_overlay(grid: int, context_idx: np.ndarray, target_idx: np.ndarray) -> 
 
 def mask_examples(images: np.ndarray, context_idx: np.ndarray, target_idx: np.ndarray, grid: int,
                   path: str) -> str:
-  """Images [n, S, S, C] uint8 with their context (blue) and target blocks (one colour each) drawn over."""
+  """Images [n, S, S, C] uint8 with their context (blue) and target blocks (one colour each) drawn over.
+  context_idx[i] [Kc] and target_idx[i] [M, Kt]: arrays, or lists of each image's (see masks.real_tokens)."""
   from matplotlib import colormaps  # pylint: disable=g-import-not-at-top
   n = len(images)
   fig, axes = _subplots(2, n, figsize=(2 * n, 4.2), squeeze=False)
   colours = np.array([[0, 0, 0, 0], [0.1, 0.3, 1.0, 0.45]] + [list(c[:3]) + [0.6] for c in
-                     colormaps["autumn"](np.linspace(0, 1, target_idx.shape[1]))])
+                     colormaps["autumn"](np.linspace(0, 1, len(target_idx[0])))])
   for i in range(n):
     img = images[i][..., 0] if images.shape[-1] == 1 else images[i]
     which = mask_overlay(grid, context_idx[i], target_idx[i])
@@ -106,8 +108,7 @@ def write_run_plots(workdir: str, images=None, masks=None, grid: int | None = No
     if rows:
       written.append(training_curves(rows, storage.join(workdir, "training_curves.png")))
   if images is not None:
-    written.append(mask_examples(images, masks["context_idx"], masks["target_idx"], grid,
-                                 storage.join(workdir, "mask_examples.png")))
+    written.append(mask_examples(images, *real_tokens(masks), grid, storage.join(workdir, "mask_examples.png")))
   eval_path = storage.path(workdir) / "eval.json"
   if eval_path.exists():
     written.append(probe_results(json.loads(eval_path.read_text()), storage.join(workdir, "probe_results.png")))

@@ -4,6 +4,8 @@
   context  = context_encoder(image tokens at context_idx)
   preds    = predictor(context, context_idx, target_idx)           (one sequence per target block)
   loss     = smooth-L1 (release) or L2 (paper) between preds and targets, mean over all elements
+             (padded masks, mask.counts='release': padding never attended to, the mean over real elements
+             per image, averaged over images)
              (optionally accumulated over micro-batches of the batch: grad_accum_steps)
   params  <- AdamW(grad loss);  target <- m * target + (1 - m) * params.encoder   (after the update)
 
@@ -39,14 +41,25 @@ def normalise(images: jax.Array, mean, std) -> jax.Array:
   return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
 
 
-def prediction_loss(preds: jax.Array, targets: jax.Array, kind: str) -> jax.Array:
+def prediction_loss(preds: jax.Array, targets: jax.Array, kind: str, target_count: jax.Array | None = None):
+  """The mean over all elements of preds / targets [B, M, Kt, D]. With target_count [B] (padded target
+  blocks: the first target_count[b] tokens of row b's blocks are real), each row's mean over its real
+  elements, averaged over rows: the release's mean over each per-GPU batch (whose blocks share one
+  length), averaged over the GPUs as DDP averages their gradients, when rows are grouped in equal shards."""
   diff = preds.astype(jnp.float32) - targets.astype(jnp.float32)
   if kind == "l2":
-    return jnp.mean(jnp.square(diff))
-  if kind == "smooth_l1":  # torch's smooth_l1_loss with beta = 1
+    elements = jnp.square(diff)
+  elif kind == "smooth_l1":  # torch's smooth_l1_loss with beta = 1
     a = jnp.abs(diff)
-    return jnp.mean(jnp.where(a < 1.0, 0.5 * jnp.square(diff), a - 0.5))
-  raise ValueError(f"loss {kind!r} is not one of {LOSSES}")
+    elements = jnp.where(a < 1.0, 0.5 * jnp.square(diff), a - 0.5)
+  else:
+    raise ValueError(f"loss {kind!r} is not one of {LOSSES}")
+  if target_count is None:
+    return jnp.mean(elements)
+  b, m, kt, d = elements.shape
+  real = jnp.arange(kt) < target_count[:, None]                              # [B, Kt]
+  per_row = jnp.where(real[:, None, :, None], elements, 0.0).sum(axis=(1, 2, 3))
+  return jnp.mean(per_row / (m * d * target_count.astype(jnp.float32)))
 
 
 def target_features(encoder: nn.Module, target_params, images, target_idx) -> jax.Array:
@@ -72,18 +85,21 @@ def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.Gradient
   """
   k = grad_accum_steps
 
-  def loss_and_grads(state: TrainState, images, context_idx, target_idx):
+  def loss_and_grads(state: TrainState, images, context_idx, target_idx, context_count, target_count):
     targets = target_features(encoder, state.target, images, target_idx)
 
     def loss_fn(params):
-      context = encoder.apply({"params": params["encoder"]}, images, context_idx)
-      preds = predictor.apply({"params": params["predictor"]}, context, context_idx, target_idx)
-      return prediction_loss(preds, targets, loss)
+      context = encoder.apply({"params": params["encoder"]}, images, context_idx, context_count)
+      preds = predictor.apply({"params": params["predictor"]}, context, context_idx, target_idx,
+                              context_count, target_count)
+      return prediction_loss(preds, targets, loss, target_count)
 
     return jax.value_and_grad(loss_fn)(state.params)
 
   def train_step(state: TrainState, batch: dict):
-    inputs = (normalise(batch["images"], mean, std), batch["context_idx"], batch["target_idx"])
+    # counts: present with mask.counts='release' (padded masks), absent (None) with 'fixed'
+    inputs = (normalise(batch["images"], mean, std), batch["context_idx"], batch["target_idx"],
+              batch.get("context_count"), batch.get("target_count"))
     if k == 1:
       value, grads = loss_and_grads(state, *inputs)
     else:

@@ -1,6 +1,7 @@
 """I-JEPA pretraining loop: config -> mesh -> data -> sharded init -> jitted step -> checkpoints -> probe."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -78,7 +79,7 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
 
   step_fn = make_train_step(encoder, predictor, tx, optim.momentum_schedule(config.optim, total_steps),
                             config.loss, d.mean, d.std, config.skip_nonfinite_steps, config.grad_accum_steps)
-  batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", "context_idx", "target_idx")}
+  batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", *sampler.example_shapes())}
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   return encoder, abstract_state, (lambda: init(rng)), train_step
@@ -143,7 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -- masks and data
   grid = config.data.image_size // config.model.patch_size
-  sampler = MultiBlockSampler.from_config(config.mask, grid)
+  # counts='release' draws block sizes and truncates contexts per data-parallel device, as the release
+  # does per GPU: the host's batch holds its devices' shards back to back (sharding.global_batch)
+  sampler = dataclasses.replace(MultiBlockSampler.from_config(config.mask, grid),
+                                shard_size=config.batch_size // dp)
   num_examples = len(data.make_source(config, config.data.split))
   total_steps, warmup_steps = schedule_lengths(config, num_examples)
   dataset = data.make_pretrain_dataset(config, sampler, jax.process_index(), jax.process_count())
@@ -169,7 +173,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.message(
       f"I-JEPA: {total_steps} steps of {config.batch_size} images on mesh {dict(mesh.shape)}; "
       f"{grid}x{grid} patches, context {sampler.num_context} tokens, "
-      f"{sampler.num_targets} targets x {sampler.num_target} tokens.")
+      f"{sampler.num_targets} targets x {sampler.num_target} tokens"
+      + (" (padded: the release's counts, per device batch)." if sampler.counts == "release" else "."))
 
   lr_fn = optim.lr_schedule(config.optim, total_steps, warmup_steps)
   wd_fn = optim.wd_schedule(config.optim, total_steps)
@@ -257,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _write_plots(config, sampler, workdir: str) -> None:
   from ijepa_jax import plots
   images, _ = data.load_eval_arrays(config, config.data.split, 6)  # the split that exists: it was trained on
-  masks = sampler(np.random.default_rng(config.seed), len(images))
+  masks = dataclasses.replace(sampler, shard_size=0)(np.random.default_rng(config.seed), len(images))  # one shard
   written = plots.write_run_plots(workdir, images, masks, config.data.image_size // config.model.patch_size)
   print(f"Plots: {', '.join(os.path.basename(p) for p in written)} in {workdir}.", flush=True)
 

@@ -140,3 +140,85 @@ def test_small_grid_demo_settings_are_meaningful():
   out = _sample(s, 0, batch=128)
   assert s.num_context >= 10 and s.num_target >= 5
   assert out["context_idx"].shape[1] == s.num_context
+
+
+# ============================================================================ counts='release': the release's collator, padded
+def _release_counts(grid=16, shard=32, **kw):
+  return MultiBlockSampler(grid=grid, counts="release", shard_size=shard, **kw).resolved()
+
+
+def test_release_counts_pad_to_the_largest_block_and_context():
+  s = _release_counts()
+  # ViT-H/14's 16x16 grid: target blocks of 35..54 tokens, contexts up to the 15x15 block
+  assert (s.num_target, s.num_context, s.max_context) == (54, 225, 225)
+  assert s.example_shapes() == {"context_idx": (225,), "target_idx": (4, 54), "context_count": (), "target_count": ()}
+  for seed in range(3):
+    out = _sample(s, seed, batch=96)
+    assert {k: v.shape for k, v in out.items()} == {"context_idx": (96, 225), "context_count": (96,),
+                                                   "target_idx": (96, 4, 54), "target_count": (96,)}
+    assert all(v.dtype == np.int32 for v in out.values())
+
+
+def test_release_counts_are_per_shard_whole_blocks_and_the_shortest_context():
+  s = _release_counts(shard=32)
+  g, batch = 16, 128
+  out = _sample(s, 5, batch=batch)
+  sizes = set()
+  for start in range(0, batch, 32):
+    rows = slice(start, start + 32)
+    kt, kc = out["target_count"][rows], out["context_count"][rows]
+    assert len(set(kt)) == 1 and len(set(kc)) == 1          # one target size and one context length a shard
+    kt, kc = int(kt[0]), int(kc[0])
+    sizes.add((kt, kc))
+    assert 35 <= kt <= 54 and kc > s.min_keep
+    shortest = []
+    for i in range(start, start + 32):
+      blocks = out["target_idx"][i, :, :kt]
+      for b in blocks:     # every token of a whole h x w rectangle, raster order
+        r, c = np.divmod(b, g)
+        h, w = r.max() - r.min() + 1, c.max() - c.min() + 1
+        assert h * w == kt and len(set(b.tolist())) == kt and np.all(np.diff(b) > 0)
+      assert not out["target_idx"][i, :, kt:].any() and not out["context_idx"][i, kc:].any()   # padding: 0
+      ctx = out["context_idx"][i, :kc]
+      assert np.all(np.diff(ctx) > 0)
+      # the release removes all 4 targets unless 20 tries failed: then the last ones are let back in
+      overlap = [bool(set(ctx.tolist()) & set(b.tolist())) for b in blocks]
+      assert overlap == sorted(overlap)
+      shortest.append(not any(overlap))
+    assert sum(shortest) >= 28
+  assert len(sizes) > 1                                      # shards draw their own sizes
+
+
+def test_release_counts_keep_the_raster_prefix_of_the_shortest_context():
+  # A small grid where contexts often fall to a few tokens (and the fallback lets targets back in)
+  s = _release_counts(grid=8, shard=4, min_keep=4, target_scale=(0.1, 0.15), num_targets=2)
+  lengths = set()
+  for seed in range(30):
+    available, targets = s._release_shard(np.random.default_rng(seed), 4)
+    out = s(np.random.default_rng(seed), 4)     # the same draws, truncated and padded
+    counts = available.sum(-1)
+    kc = int(counts.min())
+    assert (out["context_count"] == kc).all() and kc > s.min_keep
+    lengths.add(kc)
+    for i in range(4):
+      assert out["context_idx"][i, :kc].tolist() == np.flatnonzero(available[i])[:kc].tolist()
+      assert (out["target_idx"][i, :, :targets.shape[-1]] == targets[i]).all()
+  assert len(lengths) > 3
+
+
+def test_release_counts_deterministic_and_shard_size_checked():
+  s = _release_counts(shard=8)
+  a, b = _sample(s, 3, batch=16), _sample(s, 3, batch=16)
+  assert all(np.array_equal(a[k], b[k]) for k in a)
+  with pytest.raises(ValueError, match="does not split into shards of 8"):
+    _sample(s, 0, batch=12)
+
+
+def test_release_counts_cap_and_errors():
+  s = _release_counts(num_context=80)
+  out = _sample(s, 0, batch=256)
+  assert s.num_context == 80 and out["context_idx"].shape[1] == 80 and out["context_count"].max() <= 80
+  with pytest.raises(ConfigError, match="more than the longest context"):
+    _release_counts(num_context=300)
+  with pytest.raises(ConfigError, match="mask.counts='exact' is not one of"):
+    MultiBlockSampler(grid=16, counts="exact").resolved()

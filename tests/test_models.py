@@ -471,3 +471,29 @@ def test_layer_norm_variance_is_the_direct_form():
   fast = np.asarray(nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=True).apply(params, x))
   assert np.abs(ours - ref).max() < 2e-3
   assert np.abs(fast - ref).max() > 30 * np.abs(ours - ref).max()
+
+
+# ============================================================================ padding (mask.counts='release')
+@pytest.mark.parametrize("scan, attention", [(False, "xla"), (True, "xla"), (False, "cudnn")])
+def test_padding_changes_nothing_and_never_leaks(images, scan, attention):
+  """Real tokens' outputs with padding appended (and counts given) equal the unpadded ones, and no value
+  at a padded position (its index, hence its pixels) reaches a real output."""
+  enc, pred = _encoder(scan_layers=scan, attention=attention), _predictor(scan_layers=scan, attention=attention)
+  b, kc, kt, m = images.shape[0], 7, 3, 2
+  rng = np.random.default_rng(0)
+  ctx = np.stack([np.sort(rng.choice(N, kc, replace=False)) for _ in range(b)]).astype(np.int32)
+  tgt = rng.integers(0, N, (b, m, kt)).astype(np.int32)
+  ev = _init(enc, 0, images, ctx)
+  z = _apply(enc, ev, images, ctx)
+  pv = _init(pred, 1, z, ctx, tgt)
+  p = _apply(pred, pv, z, ctx, tgt)
+  counts_c, counts_t = np.full(b, kc, np.int32), np.full(b, kt, np.int32)
+  for pad_seed in (1, 2):   # two different paddings: identical real outputs
+    r = np.random.default_rng(pad_seed)
+    ctx_p = np.concatenate([ctx, r.integers(0, N, (b, 5)).astype(np.int32)], 1)
+    tgt_p = np.concatenate([tgt, r.integers(0, N, (b, m, 4)).astype(np.int32)], 2)
+    zp = _apply(enc, ev, images, ctx_p, counts_c)
+    np.testing.assert_allclose(zp[:, :kc], z, atol=2e-6, rtol=0)
+    zp = zp.at[:, kc:].set(1e3 * pad_seed)             # whatever sits at padded context positions
+    pp = _apply(pred, pv, zp, ctx_p, tgt_p, counts_c, counts_t)
+    np.testing.assert_allclose(pp[:, :, :kt], p, atol=2e-6, rtol=0)

@@ -217,3 +217,53 @@ def test_skip_nonfinite_steps_counts_them_and_finishes(tmp_path):
   assert rows[-1]["step"] == 12 and rows[-1]["nonfinite_steps"] > 0
   assert rows[-1]["nonfinite_steps"] == sum(not np.isfinite(r["loss"]) or not np.isfinite(r["grad_norm"])
                                             for r in rows)
+
+
+# ============================================================================ mask.counts='release' (padded masks)
+def test_release_counts_one_compile_and_the_loss_decreases(tmp_path):
+  out = train.train_and_evaluate(tiny_config(total_steps=12, **{"mask.counts": "release"}), str(tmp_path))
+  assert out["compiles"] == 1          # 12 batches of different real lengths, one program
+  losses = [r["loss"] for r in _rows(tmp_path)]
+  assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+
+
+def test_padded_step_equals_the_unpadded_step():
+  """The same masks, once as counts='fixed' arrays and once padded with counts: the same loss, gradient
+  norm and updated weights (padding filled with tokens that are in no mask)."""
+  fixed, padded = tiny_config(), tiny_config(**{"mask.counts": "release"})
+  mesh = sharding.make_mesh(fixed.mesh, jax.devices()[:1])
+  grid = fixed.data.image_size // fixed.model.patch_size
+  s_fixed = MultiBlockSampler.from_config(fixed.mask, grid)
+  s_padded = MultiBlockSampler.from_config(padded.mask, grid)
+  _, _, init, step_f = train.build(fixed, mesh, s_fixed, 12, 3)
+  _, _, _, step_p = train.build(padded, mesh, s_padded, 12, 3)
+  rng = np.random.default_rng(0)
+  b = fixed.batch_size
+  masks = s_fixed(rng, b)
+  images = rng.integers(0, 256, (b, 16, 16, 1), dtype=np.uint8)
+  batch = {"images": images, "skipped": np.zeros(b, np.int32), **masks}
+  kc, (m, kt) = masks["context_idx"].shape[1], masks["target_idx"].shape[1:]
+  pad_c, pad_t = s_padded.num_context - kc, s_padded.num_target - kt
+  assert pad_c > 0 and pad_t > 0
+  padded_batch = {
+      "images": images, "skipped": np.zeros(b, np.int32),
+      "context_idx": np.concatenate([masks["context_idx"], rng.integers(0, grid ** 2, (b, pad_c))], 1).astype(np.int32),
+      "target_idx": np.concatenate([masks["target_idx"], rng.integers(0, grid ** 2, (b, m, pad_t))], 2).astype(np.int32),
+      "context_count": np.full(b, kc, np.int32), "target_count": np.full(b, kt, np.int32)}
+  state_f, metrics_f = train.run_step(step_f, mesh, fixed, init(), batch)
+  state_p, metrics_p = train.run_step(step_p, mesh, padded, init(), padded_batch)
+  assert float(metrics_p["loss"]) == pytest.approx(float(metrics_f["loss"]), rel=1e-6)
+  assert float(metrics_p["grad_norm"]) == pytest.approx(float(metrics_f["grad_norm"]), rel=1e-5)
+  jax.tree.map(lambda a, c: np.testing.assert_allclose(a, c, rtol=0, atol=1e-6), state_p.params, state_f.params)
+
+
+def test_padded_loss_is_the_mean_of_each_images_mean():
+  # the release: a mean per per-GPU batch (one block length each), averaged over GPUs by DDP
+  from ijepa_jax.step import prediction_loss
+  rng = np.random.default_rng(0)
+  preds, targets = rng.normal(size=(2, 3, 5, 4)), rng.normal(size=(2, 3, 5, 4))
+  counts = np.array([5, 2], np.int32)
+  for kind in ("l2", "smooth_l1"):
+    per_image = [float(prediction_loss(preds[i:i + 1, :, :k], targets[i:i + 1, :, :k], kind)) for i, k in
+                 enumerate(counts)]
+    assert float(prediction_loss(preds, targets, kind, counts)) == pytest.approx(np.mean(per_image), rel=1e-6)

@@ -21,10 +21,12 @@ from ijepa_jax.models.vit import (
 class Predictor(nn.Module):
   """Predicts target-encoder features at target positions from context tokens.
 
-  __call__(context [B, Kc, D], context_idx int32 [B, Kc], target_idx int32 [B, M, Kt])
-    -> [B, M, Kt, D]
+  __call__(context [B, Kc, D], context_idx int32 [B, Kc], target_idx int32 [B, M, Kt],
+           context_count int32 [B] | None, target_count int32 [B] | None) -> [B, M, Kt, D]
   Each of the M target blocks is its own sequence (context + its mask tokens),
-  so target blocks never attend to one another.
+  so target blocks never attend to one another. With counts, only the first context_count[b] context
+  tokens and target_count[b] tokens of each block are real: padding is never attended to, and the
+  outputs at padded target positions are meaningless.
 
   Precision as the release's autocast (see models/vit.py): the embedded context plus its positions is
   rounded to `dtype` (the release adds them in place into the bf16 Linear output), the mask tokens plus
@@ -44,7 +46,8 @@ class Predictor(nn.Module):
   scan_layers: bool = False  # see vit.run_blocks
 
   @nn.compact
-  def __call__(self, context: jax.Array, context_idx: jax.Array, target_idx: jax.Array) -> jax.Array:
+  def __call__(self, context: jax.Array, context_idx: jax.Array, target_idx: jax.Array,
+               context_count: jax.Array | None = None, target_count: jax.Array | None = None) -> jax.Array:
     check_heads(self.width, self.num_heads, "Predictor")
     if target_idx.ndim != 3:
       raise ValueError(f"Predictor: target_idx must be [B, M, Kt], got shape {target_idx.shape}")
@@ -67,9 +70,14 @@ class Predictor(nn.Module):
     x = jnp.concatenate([ctx, tgt], axis=2)  # [B, M, Kc+Kt, W], fp32 as torch.cat promotes
     x = x.reshape(b * m, kc + kt, self.width)
     x = constrain(x)
+    valid = None
+    if context_count is not None or target_count is not None:
+      ok = [jnp.ones((b, n), bool) if c is None else jnp.arange(n) < c[:, None]
+            for c, n in ((context_count, kc), (target_count, kt))]
+      valid = jnp.repeat(jnp.concatenate(ok, axis=1), m, axis=0)   # [B*M, Kc+Kt], rows ordered as x's
 
-    x, _ = run_blocks(x, self.depth, self.remat, self.scan_layers, width=self.width, num_heads=self.num_heads,
-                      mlp_dim=mlp_dim, dtype=self.dtype, attention=self.attention)
+    x, _ = run_blocks(x, self.depth, self.remat, self.scan_layers, valid=valid, width=self.width,
+                      num_heads=self.num_heads, mlp_dim=mlp_dim, dtype=self.dtype, attention=self.attention)
     x = layer_norm("predictor_norm")(x)
     x = x[:, kc:]
     x = dense(self.embed_width, ("embed", "embed_out"), ("embed_out",), self.dtype, "predictor_proj")(x)

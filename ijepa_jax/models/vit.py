@@ -197,9 +197,11 @@ class Attention(nn.Module):
   attention: str = "xla"
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """valid: bool [B, T], the tokens that may be attended to (padding is not); None: all."""
     b, t, d = x.shape
     h, hd = self.num_heads, self.width // self.num_heads
+    keys = None if valid is None else valid[:, None, None, :]   # [B, 1, 1, T]: over heads and queries
     qkv = Linear(3 * self.width, ("embed", "qkv"), ("qkv",), self.dtype, (d, 3 * self.width), name="qkv")
     proj = Linear(self.width, ("heads", "embed"), ("embed",), self.dtype, (self.width, self.width), name="proj")
     if self.attention == "cudnn":
@@ -208,7 +210,7 @@ class Attention(nn.Module):
       if implementation != "cudnn":
         _say_once(f"model.attention=cudnn: no GPU (backend {jax.default_backend()!r}); using "
                   "jax.nn.dot_product_attention's XLA implementation")
-      out = jax.nn.dot_product_attention(q, k, v, scale=hd ** -0.5, implementation=implementation)
+      out = jax.nn.dot_product_attention(q, k, v, scale=hd ** -0.5, mask=keys, implementation=implementation)
       return proj(out, "bthk,hkd->btd", (h, hd, self.width), (self.width,))
     # Heads-major layouts straight out of the projections ([3, B, H, T, hd] and back from [B, H, T, hd]):
     # on CPU this is ~30% faster fwd + bwd than [B, T, H, hd] through jax.nn.dot_product_attention,
@@ -218,7 +220,10 @@ class Attention(nn.Module):
     # and rounded again (torch multiplies by a Python float in fp32: the scale itself is not rounded to
     # bf16, which would shift every logit by up to 2^-9 for head_dim 80); then softmax in fp32.
     logits = (jnp.einsum("bhqd,bhkd->bhqk", q, k).astype(jnp.float32) * hd ** -0.5).astype(q.dtype)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    logits = logits.astype(jnp.float32)
+    if keys is not None:   # padding gets exactly zero weight: exp(-inf) = 0 (every row has real keys)
+      logits = jnp.where(keys, logits, -jnp.inf)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
     return proj(out, "bhtk,hkd->btd", (h, hd, self.width), (self.width,))
 
@@ -258,9 +263,9 @@ class Block(nn.Module):
   attention: str = "xla"
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
     y = layer_norm("norm1")(x)
-    x = x + Attention(self.width, self.num_heads, self.dtype, self.attention, name="attn")(y)
+    x = x + Attention(self.width, self.num_heads, self.dtype, self.attention, name="attn")(y, valid)
     y = layer_norm("norm2")(x)
     x = x + Mlp(self.width, self.mlp_dim, self.dtype, name="mlp")(y)
     return constrain(x)
@@ -286,8 +291,10 @@ def block_class(remat: str, scan: bool = False):
   return nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
 
 
-def run_blocks(x: jax.Array, depth: int, remat: str, scan: bool, collect: bool = False, **block):
+def run_blocks(x: jax.Array, depth: int, remat: str, scan: bool, collect: bool = False,
+               valid: jax.Array | None = None, **block):
   """`depth` Blocks over x, inside a parent's compact method: (x, each block's output or None).
+  valid: bool [B, T], the tokens attention may read (None: all).
 
   scan=False: unrolled modules blocks_0 .. blocks_{depth-1} (the release's and old checkpoints' layout).
   scan=True: one nn.scan over a module 'blocks' whose parameters are stacked on a leading axis of size
@@ -299,17 +306,17 @@ def run_blocks(x: jax.Array, depth: int, remat: str, scan: bool, collect: bool =
   if not scan:
     outs = []
     for i in range(depth):
-      x = cls(**block, name=f"blocks_{i}")(x)
+      x = cls(**block, name=f"blocks_{i}")(x, valid)
       outs.append(x)
     return x, (outs if collect else None)
 
-  def body(module, x, _):
-    x = module(x)
+  def body(module, x, valid):
+    x = module(x, valid)
     return x, (x if collect else None)
 
   layers = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, length=depth,
-                   metadata_params={nn.PARTITION_NAME: "layers"})
-  x, ys = layers(cls(**block, name="blocks"), x, None)
+                   in_axes=nn.broadcast, metadata_params={nn.PARTITION_NAME: "layers"})
+  x, ys = layers(cls(**block, name="blocks"), x, valid)
   return x, ([ys[i] for i in range(depth)] if collect else None)
 
 
@@ -325,7 +332,9 @@ def check_heads(width: int, num_heads: int, what: str) -> None:
 class VisionTransformer(nn.Module):
   """ViT encoder without CLS token.
 
-  __call__(images [B, H, W, C], token_idx int32 [B, K] | None) -> [B, K or N, D]
+  __call__(images [B, H, W, C], token_idx int32 [B, K] | None, token_count int32 [B] | None) -> [B, K or N, D]
+  token_count: only the first token_count[b] of row b's K tokens are real (the rest padding, which no
+  token attends to; their outputs are meaningless).
   Per-block outputs (before the final norm, fp32) are sown into the
   'intermediates' collection as 'block_{i}' (with or without scan_layers). The output is fp32 (the final LayerNorm's).
   """
@@ -351,7 +360,8 @@ class VisionTransformer(nn.Module):
     return self.grid * self.grid
 
   @nn.compact
-  def __call__(self, images: jax.Array, token_idx: jax.Array | None = None) -> jax.Array:
+  def __call__(self, images: jax.Array, token_idx: jax.Array | None = None,
+               token_count: jax.Array | None = None) -> jax.Array:
     if self.image_size % self.patch_size != 0:
       raise ValueError(
         f"VisionTransformer: image_size {self.image_size} is not divisible by "
@@ -376,7 +386,8 @@ class VisionTransformer(nn.Module):
     x = constrain(x)
 
     collect = self.is_mutable_collection("intermediates")
-    x, outs = run_blocks(x, self.depth, self.remat, self.scan_layers, collect, width=self.width,
+    valid = None if token_count is None else jnp.arange(x.shape[1]) < token_count[:, None]
+    x, outs = run_blocks(x, self.depth, self.remat, self.scan_layers, collect, valid, width=self.width,
                          num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype, attention=self.attention)
     for i, out in enumerate(outs or ()):   # the same names in both layouts: probes read either
       self.sow("intermediates", f"block_{i}", out)
