@@ -16,6 +16,10 @@ converter, and compared on
     the converter itself, so a layout mistake there shows up as a gradient mismatch,
   * the loss and global gradient norm reported by our jitted make_train_step (uint8 images, normalised
     on device), which checks the wiring of the real step rather than a re-assembly of its pieces,
+  * the release's own masks (`mask.counts='release'`): its MaskCollator draws two per-GPU batches whose
+    context and target lengths differ; the release's step runs on each and DDP's mean of the gradients
+    is compared with one step of ours on both, the masks padded to our static lengths with their counts
+    (loss, every gradient, and the jitted step's loss and gradient-norm metrics),
   * the command lines a user runs (issue 3's done-criterion): `python -m ijepa_jax.convert --torch=...`
     on the saved release checkpoint (the demo config plus `--config.KEY=VALUE` overrides for the
     release model), then `python -m ijepa_jax.extract --pool=none` (default --encoder=target) on the
@@ -59,7 +63,7 @@ LOSS_BATCHES = 8   # bf16: batches the loss's relative error is averaged over (R
 DEFAULT_COMMIT = '52c1ae9 ("Initial commit")'
 # Files of the release whose code runs here: their hashes pin what was compared.
 RELEASE_FILES = ("src/models/vision_transformer.py", "src/masks/utils.py", "src/utils/tensors.py",
-                 "src/helper.py", "src/train.py")
+                 "src/helper.py", "src/train.py", "src/masks/multiblock.py")
 
 # Two geometries: 3 channels on an 8x8 grid with the release's corner mode, and the demo's 1 channel,
 # 7x7 grid and uniform mode with a deeper, 6-head model (head_dim 16) and predictor heads = encoder
@@ -355,10 +359,113 @@ def run_size(size: dict, release_modules, workdir: str, seed: int = 0):
   rows.append(("make_train_step: grad_norm metric", rel_err(metrics["grad_norm"], grad_norm_t)))
   shapes = dict(context=int(ctx_idx.shape[1]), targets=int(m), target_tokens=int(tgt_idx.shape[2]),
                 loss=float(loss_t))
+  rows += collator_rows(size, release_modules, (enc_t, pred_t, target_t), (built, enc_p, pred_p, target_p),
+                        config, seed)
   fp32 = dict(full=full_t, ctx=ctx_t, pred=pred_out_t, grads=theirs)
   bf16 = bf16_rows(config, release_modules, (enc_t, pred_t, target_t), (built, enc_p, pred_p, target_p), fp32,
                    (u8, images, imgs_t, ctx_idx, tgt_idx, masks_enc, masks_pred))
   return rows, leaf_rows, shapes, bf16
+
+
+# ============================================================================ the release's own masks
+SHARDS = 2   # per-GPU batches of the release (its MaskCollator runs once per GPU batch), averaged by DDP
+
+
+def collator_rows(size: dict, release_modules, release_nets, ours, config, seed: int):
+  """The release's MaskCollator draws the masks (variable lengths from batch to batch: whole target
+  blocks, contexts truncated to each batch's shortest); SHARDS per-GPU batches of `size['batch']` images
+  with different lengths; the release's step on each and its gradients averaged (DDP); ours: one step
+  on all of them with `mask.counts='release'`'s padded layout (the release's masks padded with counts)."""
+  import copy
+  import jax
+  from flax import traverse_util
+  from ijepa_jax import convert, sharding, step, train
+  from ijepa_jax.masks import MultiBlockSampler
+  from ijepa_jax.models import make_models
+  from src.masks.multiblock import MaskCollator
+  torch, F, vit, helper, apply_masks, repeat_interleave_batch = release_modules
+  enc_t, pred_t, target_t = release_nets
+  built, enc_p, pred_p, target_p = ours
+  c = copy.deepcopy(config)
+  c.mask.counts, c.mask.mode = "release", "release"
+  c.batch_size, c.mask.reference_batch = SHARDS * size["batch"], size["batch"]
+  b, s, p, ch = size["batch"], size["image"], size["patch"], size["channels"]
+  sampler = MultiBlockSampler.from_config(c.mask, s // p)   # only its padded lengths are used here
+  collator = MaskCollator(input_size=(s, s), patch_size=p, enc_mask_scale=tuple(c.mask.context_scale),
+                          pred_mask_scale=tuple(c.mask.target_scale), aspect_ratio=tuple(c.mask.target_aspect),
+                          nenc=1, npred=c.mask.num_targets, min_keep=c.mask.min_keep, allow_overlap=False)
+  torch.manual_seed(seed)   # the collator's per-image draws use torch's global generator
+  shards = []
+  for _ in range(1000):   # per-GPU batches whose context and target lengths both differ, so that padding
+    _, masks_enc, masks_pred = collator([torch.zeros(1) for _ in range(b)])   # and the loss's weighting show
+    lengths = (masks_enc[0].shape[1], masks_pred[0].shape[1])
+    if all(lengths[0] != other[0] and lengths[1] != other[1] for *_, other in shards):
+      shards.append((masks_enc, masks_pred, lengths))
+    if len(shards) == SHARDS:
+      break
+  else:
+    raise RuntimeError(f"{size['name']}: no {SHARDS} release batches of different lengths in 1000 draws")
+
+  rng = np.random.default_rng(seed + 1)
+  u8 = rng.integers(0, 256, size=(SHARDS * b, s, s, ch), dtype=np.uint8)
+  images = ((u8.astype(np.float32) / np.float32(255.0) - np.asarray(size["mean"], np.float32))
+            / np.asarray(size["std"], np.float32)).astype(np.float32)
+  imgs_t = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+  # The release: one step per per-GPU batch; DDP averages the gradients, the logged loss is the average.
+  losses, grads_t = [], []
+  for j, (masks_enc, masks_pred, _) in enumerate(shards):
+    losses.append(float(release_step(torch, F, apply_masks, repeat_interleave_batch, enc_t, pred_t, target_t,
+                                     imgs_t[j * b:(j + 1) * b], masks_enc, masks_pred)))
+    grads_t.append({"encoder": grads_as_release(enc_t, "pos_embed"),
+                    "predictor": grads_as_release(pred_t, "predictor_pos_embed")})
+  mean_grads = jax.tree.map(lambda *g: np.mean(np.stack(g), axis=0), *grads_t)
+  grad_ckpt = {**mean_grads, "target_encoder": {k: v.numpy() for k, v in target_t.state_dict().items()}}
+  genc_t, gpred_t, _ = convert.release_params(c, built[1], grad_ckpt)
+  theirs = traverse_util.flatten_dict({"encoder": genc_t, "predictor": gpred_t})
+
+  # Ours: the release's index lists padded to the sampler's static lengths, with their real counts.
+  m = c.mask.num_targets
+  batch = {"images": u8, "skipped": np.zeros((SHARDS * b,), np.int32),
+           "context_idx": np.zeros((SHARDS * b, sampler.num_context), np.int32),
+           "context_count": np.zeros((SHARDS * b,), np.int32),
+           "target_idx": np.zeros((SHARDS * b, m, sampler.num_target), np.int32),
+           "target_count": np.zeros((SHARDS * b,), np.int32), "context_cut": np.zeros((SHARDS * b,), np.int32)}
+  for j, (masks_enc, masks_pred, (kc, kt)) in enumerate(shards):
+    rows = slice(j * b, (j + 1) * b)
+    batch["context_idx"][rows, :kc] = masks_enc[0].numpy()
+    batch["target_idx"][rows, :, :kt] = np.stack([t.numpy() for t in masks_pred], axis=1)
+    batch["context_count"][rows], batch["target_count"][rows] = kc, kt
+  encoder, predictor = make_models(c.model, s, ch, np.float32)
+
+  def loss_fn(params, target_params, images, cidx, tidx, ccount, tcount):
+    targets = step.target_features(encoder, target_params, images, tidx)
+    ctx = encoder.apply({"params": params["encoder"]}, images, cidx, ccount)
+    preds = predictor.apply({"params": params["predictor"]}, ctx, cidx, tidx, ccount, tcount)
+    return step.prediction_loss(preds, targets, c.loss, tcount)
+
+  params = {"encoder": enc_p, "predictor": pred_p}
+  loss, grads = jax.jit(jax.value_and_grad(loss_fn))(
+      params, target_p, images, batch["context_idx"], batch["target_idx"], batch["context_count"],
+      batch["target_count"])
+  ours_flat = traverse_util.flatten_dict(jax.device_get(grads))
+  label = (f"release MaskCollator masks, {SHARDS} GPU batches (context {' / '.join(str(l[0]) for *_, l in shards)}, "
+           f"target blocks {' / '.join(str(l[1]) for *_, l in shards)} tokens; padded to {sampler.num_context} / "
+           f"{sampler.num_target})")
+  out = [(f"{label}: loss (mean over GPU batches)", rel_err(loss, np.mean(losses)))]
+  leaf = [("/".join(k), rel_err(ours_flat[k], theirs[k])) for k in sorted(ours_flat)]
+  for part in ("encoder", "predictor"):
+    worst, where = max((e, q) for q, e in leaf if q.startswith(part + "/"))
+    out.append((f"{label}: {part} gradients (DDP mean), worst leaf ({where.split('/', 1)[1]})", worst))
+  # The jitted step with that batch, as train.py feeds it.
+  c.mesh.data, c.mesh.fsdp = 1, 1
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  *_, train_step = train.build(c, mesh, sampler, total_steps=1, warmup_steps=0)
+  _, metrics = train.run_step(train_step, mesh, c, convert.make_state(built, enc_p, target_p, pred_p), batch)
+  grad_norm_t = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in theirs.values()))
+  out.append((f"{label}: make_train_step loss metric", rel_err(metrics["loss"], np.mean(losses))))
+  out.append((f"{label}: make_train_step grad_norm metric", rel_err(metrics["grad_norm"], grad_norm_t)))
+  return out
 
 
 # ============================================================================ bf16

@@ -16,12 +16,15 @@ Static shapes (so a run compiles once). The release truncates every context list
 shortest one, and all its target lists in a batch have one length, so its shapes change every batch.
 Two ways to keep one shape (`mask.counts`):
 
-`counts='release'`: the release's collator itself, per data-parallel shard (`shard_size` images: the
-release's per-GPU batch), padded: every token of every target block (padded to the largest block the
-config can draw), the context redrawn only as the release redraws it and truncated to the shard's
-shortest in raster order (padded to `num_context`: -1 = the longest context the sampler can give, so
-nothing is ever cut). The real lengths travel as `context_count` / `target_count`; the encoder and the
-predictor never attend to padding and the loss averages real elements only (step.py).
+`counts='release'`: the release's collator itself, on groups of `shard_size` images (mask.reference_batch:
+the release's per-GPU batch, 128 for ViT-H, so the masks are the release run's whatever our mesh and
+never depend on the device count), padded: every token of every target block (padded to the largest
+block the config can draw), the context redrawn only as the release redraws it and truncated to the
+group's shortest in raster order, padded to `num_context` (-1: the longest context the sampler can
+give, so nothing is ever cut; a smaller cap saves compute and cuts only groups whose shortest context
+is longer, counted per image in `context_cut`). The real lengths travel as `context_count` /
+`target_count`; the encoder and the predictor never attend to padding, and the loss is each image's
+mean over its real elements, averaged, i.e. the mean of the groups' means, as DDP averages (step.py).
 
 `counts='fixed'` (the layout before the release-exact mode; smaller shapes): every batch has exactly
   * `num_target` tokens per target block: the smallest block area the configured scale/aspect range can
@@ -67,7 +70,7 @@ class MultiBlockSampler:
   num_context: int = -1
   reference_batch: int = 128
   counts: str = "fixed"
-  shard_size: int = 0   # counts='release': images per data-parallel device (0: one call = one shard)
+  shard_size: int = 0   # counts='release': images per release per-GPU batch (0: one call = one batch)
 
   # ------------------------------------------------------------------ construction and checks
   @classmethod
@@ -84,6 +87,7 @@ class MultiBlockSampler:
         num_context=int(mask_cfg.get("num_context", -1)),
         reference_batch=int(mask_cfg.get("reference_batch", 128)),
         counts=str(mask_cfg.get("counts", "fixed")),
+        shard_size=int(mask_cfg.get("reference_batch", 128)),
     )
     return sampler.resolved()
 
@@ -164,7 +168,7 @@ class MultiBlockSampler:
     """Per-image shapes of the int32 arrays __call__ returns."""
     shapes = {"context_idx": (self.num_context,), "target_idx": (self.num_targets, self.num_target)}
     if self.counts == "release":
-      shapes.update(context_count=(), target_count=())
+      shapes.update(context_count=(), target_count=(), context_cut=())
     return shapes
 
   def _sizes(self, scale, aspect, n=2001):
@@ -260,7 +264,8 @@ class MultiBlockSampler:
     target exclusion fewer after every 20 failures (the release's timeout); every context truncated to
     the shard's shortest, in raster order. Returned padded to static shapes with the real lengths:
     context_idx [B, num_context] (+ context_count [B]), target_idx [B, M, num_target] (+ target_count [B]);
-    padding repeats index 0 and is masked in attention and in the loss (step.py).
+    padding repeats index 0 and is masked in attention and in the loss (step.py). context_cut [B]: the
+    tokens the num_context cap took from each image's truncated context (0 unless capped).
     """
     s = self.shard_size or batch_size
     if batch_size % s:
@@ -269,13 +274,16 @@ class MultiBlockSampler:
     out = {"context_idx": np.zeros((batch_size, self.num_context), np.int32),
            "context_count": np.zeros((batch_size,), np.int32),
            "target_idx": np.zeros((batch_size, m, self.num_target), np.int32),
-           "target_count": np.zeros((batch_size,), np.int32)}
+           "target_count": np.zeros((batch_size,), np.int32),
+           "context_cut": np.zeros((batch_size,), np.int32)}
     for start in range(0, batch_size, s):
       rows = slice(start, start + s)
       available, target_idx = self._release_shard(rng, s)
-      k = min(int(available.sum(-1).min()), self.num_context)   # the shard's shortest (num_context caps it)
+      shortest = int(available.sum(-1).min())
+      k = min(shortest, self.num_context)   # num_context caps it
       out["context_idx"][rows, :k] = _first(available, k)
       out["context_count"][rows] = k
+      out["context_cut"][rows] = shortest - k
       out["target_idx"][rows, :, :target_idx.shape[-1]] = target_idx
       out["target_count"][rows] = target_idx.shape[-1]
     return out

@@ -20,7 +20,6 @@ layer's weights up front and ignores remat), so it cannot say whether a step fit
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -64,8 +63,7 @@ def _compile(config, devices, per_device_batch: int | None) -> dict:
   train.check_config(config)
   train.check_accumulation(config, dp)
   d = config.data
-  sampler = dataclasses.replace(MultiBlockSampler.from_config(config.mask, d.image_size // config.model.patch_size),
-                                shard_size=config.batch_size // dp)
+  sampler = MultiBlockSampler.from_config(config.mask, d.image_size // config.model.patch_size)
   _, abstract_state, _, step = train.build(config, mesh, sampler, total_steps=1000, warmup_steps=100)
   b, batch_sharding = config.batch_size, sharding.batch_sharding(mesh)
   batch = {

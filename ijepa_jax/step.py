@@ -120,6 +120,8 @@ def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.Gradient
       new = (*new[:2], optim.keep_all_but_schedules(new[2], opt_state))  # every schedule reads one step count
     metrics = {"loss": value, "grad_norm": grad_norm, "nonfinite": 1 - finite.astype(jnp.int32),
                "skipped_images": jnp.sum(batch["skipped"])}  # undecodable files replaced, all processes
+    if "context_cut" in batch:   # mask.counts='release' with a num_context cap: context tokens it cut
+      metrics["context_tokens_cut"] = jnp.sum(batch["context_cut"])
     return TrainState(state.step + 1, *new), metrics
 
   return train_step

@@ -144,10 +144,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -- masks and data
   grid = config.data.image_size // config.model.patch_size
-  # counts='release' draws block sizes and truncates contexts per data-parallel device, as the release
-  # does per GPU: the host's batch holds its devices' shards back to back (sharding.global_batch)
-  sampler = dataclasses.replace(MultiBlockSampler.from_config(config.mask, grid),
-                                shard_size=config.batch_size // dp)
+  sampler = MultiBlockSampler.from_config(config.mask, grid)
+  local_batch = config.batch_size // jax.process_count()
+  if sampler.counts == "release" and local_batch % sampler.shard_size:
+    raise ConfigError(f"mask.counts=release draws masks for groups of mask.reference_batch="
+                      f"{sampler.shard_size} images (the release's per-GPU batch), but each of the "
+                      f"{jax.process_count()} processes reads {local_batch}: set --config.mask.reference_batch "
+                      f"to a divisor of {local_batch}.")
   num_examples = len(data.make_source(config, config.data.split))
   total_steps, warmup_steps = schedule_lengths(config, num_examples)
   dataset = data.make_pretrain_dataset(config, sampler, jax.process_index(), jax.process_count())
@@ -186,7 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from ijepa_jax import evaluate
     monitor = evaluate.Monitor(config, encoder, mesh)
   timer = metrics.Timer()
-  pending, skipped, nonfinite, data_wait = [], 0.0, 0, 0.0
+  pending, skipped, nonfinite, data_wait, cut = [], 0.0, 0, 0.0, 0.0
   try:
     with preemption.StopRequest(every=config.log_every) as stop_request:
       for step in range(start, stop):
@@ -201,11 +204,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if done % config.log_every == 0 or done == stop:
           # 'loss' is this step's loss, so a resumed run logs exactly what an uninterrupted one does;
           # 'loss_window' averages the steps since the previous log line of this invocation.
-          row = {k: float(v) for k, v in pending[-1].items() if k not in ("skipped_images", "nonfinite")}
+          row = {k: float(v) for k, v in pending[-1].items()
+                 if k not in ("skipped_images", "nonfinite", "context_tokens_cut")}
           seconds = timer.lap()  # after float(): the steps (dispatched asynchronously) have finished
           skipped += sum(float(x["skipped_images"]) for x in pending)
           bad = [done - len(pending) + 1 + i for i, x in enumerate(pending) if int(x["nonfinite"])]
           nonfinite += len(bad)
+          if "context_tokens_cut" in pending[-1]:   # mask.counts=release under a num_context cap: run total
+            cut += sum(float(x["context_tokens_cut"]) for x in pending)
+            row["context_tokens_cut"] = cut
           row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
                      lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
                      images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped,

@@ -151,11 +151,14 @@ def test_release_counts_pad_to_the_largest_block_and_context():
   s = _release_counts()
   # ViT-H/14's 16x16 grid: target blocks of 35..54 tokens, contexts up to the 15x15 block
   assert (s.num_target, s.num_context, s.max_context) == (54, 225, 225)
-  assert s.example_shapes() == {"context_idx": (225,), "target_idx": (4, 54), "context_count": (), "target_count": ()}
+  assert s.example_shapes() == {"context_idx": (225,), "target_idx": (4, 54), "context_count": (), "target_count": (),
+                                "context_cut": ()}
   for seed in range(3):
     out = _sample(s, seed, batch=96)
     assert {k: v.shape for k, v in out.items()} == {"context_idx": (96, 225), "context_count": (96,),
-                                                   "target_idx": (96, 4, 54), "target_count": (96,)}
+                                                   "target_idx": (96, 4, 54), "target_count": (96,),
+                                                   "context_cut": (96,)}
+    assert not out["context_cut"].any()   # padded to the longest context: nothing is ever cut
     assert all(v.dtype == np.int32 for v in out.values())
 
 
@@ -215,9 +218,12 @@ def test_release_counts_deterministic_and_shard_size_checked():
 
 
 def test_release_counts_cap_and_errors():
-  s = _release_counts(num_context=80)
-  out = _sample(s, 0, batch=256)
+  s, exact = _release_counts(num_context=80), _release_counts()
+  out, full = _sample(s, 0, batch=256), _sample(exact, 0, batch=256)   # the same draws
   assert s.num_context == 80 and out["context_idx"].shape[1] == 80 and out["context_count"].max() <= 80
+  np.testing.assert_array_equal(out["context_count"] + out["context_cut"], full["context_count"])
+  assert out["context_cut"].any() and (out["context_cut"][out["context_count"] < 80] == 0).all()
+  np.testing.assert_array_equal(out["context_idx"], full["context_idx"][:, :80])
   with pytest.raises(ConfigError, match="more than the longest context"):
     _release_counts(num_context=300)
   with pytest.raises(ConfigError, match="mask.counts='exact' is not one of"):

@@ -37,6 +37,9 @@ def test_release_parity(tmp_path):
   text = out.read_text()
   assert "result: all pass" in text and "predictor output" in text and "gradients" in text
   assert text.count("CLIs: convert --torch, then extract (target)") == 2   # one row per size
+  # mask.counts='release' on the release's own MaskCollator masks: loss, both gradients, the jitted step's two metrics
+  collator = [l for l in text.splitlines() if "release MaskCollator masks, 2 GPU batches" in l]
+  assert len(collator) == 10 and all(l.endswith("| pass |") for l in collator), collator
   # bf16 against the release under CUDA's autocast, for both sizes, each row within the release's own bf16 error
   assert "## bf16: ours (`dtype=bfloat16`)" in text
   for size in ("tiny", "small"):

@@ -223,8 +223,10 @@ def test_skip_nonfinite_steps_counts_them_and_finishes(tmp_path):
 def test_release_counts_one_compile_and_the_loss_decreases(tmp_path):
   out = train.train_and_evaluate(tiny_config(total_steps=12, **{"mask.counts": "release"}), str(tmp_path))
   assert out["compiles"] == 1          # 12 batches of different real lengths, one program
-  losses = [r["loss"] for r in _rows(tmp_path)]
+  rows = _rows(tmp_path)
+  losses = [r["loss"] for r in rows]
   assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3])
+  assert all(r["context_tokens_cut"] == 0 for r in rows)   # num_context -1: padded to the longest, never cut
 
 
 def test_padded_step_equals_the_unpadded_step():
@@ -249,7 +251,8 @@ def test_padded_step_equals_the_unpadded_step():
       "images": images, "skipped": np.zeros(b, np.int32),
       "context_idx": np.concatenate([masks["context_idx"], rng.integers(0, grid ** 2, (b, pad_c))], 1).astype(np.int32),
       "target_idx": np.concatenate([masks["target_idx"], rng.integers(0, grid ** 2, (b, m, pad_t))], 2).astype(np.int32),
-      "context_count": np.full(b, kc, np.int32), "target_count": np.full(b, kt, np.int32)}
+      "context_count": np.full(b, kc, np.int32), "target_count": np.full(b, kt, np.int32),
+      "context_cut": np.zeros(b, np.int32)}
   state_f, metrics_f = train.run_step(step_f, mesh, fixed, init(), batch)
   state_p, metrics_p = train.run_step(step_p, mesh, padded, init(), padded_batch)
   assert float(metrics_p["loss"]) == pytest.approx(float(metrics_f["loss"]), rel=1e-6)
