@@ -8,6 +8,9 @@ in the paper's transfer tables). Predictor depth 16, warmup 3 epochs, loss smoot
 for the paper's). ViT-g has MLP width 6144 (not 4 x 1408).
 Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
 LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/results/release_parity.md).
+Masks: the release's collator at static shapes (mask.counts=release: whole target blocks, contexts
+truncated per per-GPU batch, padded and masked); its cost against the smaller fixed layout
+(--config.mask.counts=fixed) is in experiments/results/mask_cost.md.
 """
 from ijepa_jax.defaults import base_config
 
@@ -21,4 +24,9 @@ def get_config():
   c.num_epochs, c.warmup_epochs = 44, 3
   c.dtype = "bfloat16"
   c.mask.reference_batch = 16  # the release's per-device batch for this config
+  # The release's masks (mask.counts=release): whole target blocks, each per-GPU batch of reference_batch
+  # (16) images' contexts truncated to its shortest, padded to static shapes. num_context caps the padding
+  # at 112 of the 169 tokens a context can have: the longest truncated context in 60,000 simulated batches
+  # was 86; tokens a cap would cut are counted in the log (context_tokens_cut).
+  c.mask.counts, c.mask.num_context = "release", 112
   return c

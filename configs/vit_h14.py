@@ -10,6 +10,9 @@ set --config.loss=l2 for the paper's variant).
 Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
 LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/results/release_parity.md).
 Without ImageNet at data.path the run stops at once with a message naming the override.
+Masks: the release's collator at static shapes (mask.counts=release: whole target blocks, contexts
+truncated per per-GPU batch, padded and masked); its cost against the smaller fixed layout
+(--config.mask.counts=fixed) is in experiments/results/mask_cost.md.
 """
 from ijepa_jax.defaults import base_config
 
@@ -21,4 +24,9 @@ def get_config():
   c.data.image_size = 224
   c.num_epochs, c.warmup_epochs = 300, 40
   c.dtype = "bfloat16"
+  # The release's masks (mask.counts=release): whole target blocks, each per-GPU batch of reference_batch
+  # (128) images' contexts truncated to its shortest, padded to static shapes. num_context caps the padding
+  # at 128 of the 225 tokens a context can have: the longest truncated context in 8,000 simulated batches
+  # was 102; tokens a cap would cut are counted in the log (context_tokens_cut).
+  c.mask.counts, c.mask.num_context = "release", 128
   return c

@@ -8,6 +8,9 @@ are in the paper's transfer tables; ../shared/REFERENCE.md records none for it).
 (release; --config.loss=l2 for the paper's). Warmup is 3 epochs in the release's config.
 Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
 LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/results/release_parity.md).
+Masks: the release's collator at static shapes (mask.counts=release: whole target blocks, contexts
+truncated per per-GPU batch, padded and masked); its cost against the smaller fixed layout
+(--config.mask.counts=fixed) is in experiments/results/mask_cost.md.
 """
 from ijepa_jax.defaults import base_config
 
@@ -21,4 +24,9 @@ def get_config():
   c.num_epochs, c.warmup_epochs = 66, 3
   c.dtype = "bfloat16"
   c.mask.reference_batch = 32  # the release's per-device batch for this config
+  # The release's masks (mask.counts=release): whole target blocks, each per-GPU batch of reference_batch
+  # (32) images' contexts truncated to its shortest, padded to static shapes. num_context caps the padding
+  # at 128 of the 225 tokens a context can have: the longest truncated context in 30,000 simulated batches
+  # was 113; tokens a cap would cut are counted in the log (context_tokens_cut).
+  c.mask.counts, c.mask.num_context = "release", 128
   return c

@@ -7,6 +7,9 @@ Expected result (paper, Table 1): 81.1% ImageNet-1k linear top-1, 77.3% with 1% 
 Loss smooth-L1 (release); --config.loss=l2 gives the paper's stated loss. A 28x28 patch grid.
 Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
 LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/results/release_parity.md).
+Masks: the release's collator at static shapes (mask.counts=release: whole target blocks, contexts
+truncated per per-GPU batch, padded and masked); its cost against the smaller fixed layout
+(--config.mask.counts=fixed) is in experiments/results/mask_cost.md.
 """
 from ijepa_jax.defaults import base_config
 
@@ -19,4 +22,9 @@ def get_config():
   c.num_epochs, c.warmup_epochs = 300, 40
   c.dtype = "bfloat16"
   c.mask.reference_batch = 16  # the release's per-device batch for this config
+  # The release's masks (mask.counts=release): whole target blocks, each per-GPU batch of reference_batch
+  # (16) images' contexts truncated to its shortest, padded to static shapes. num_context caps the padding
+  # at 448 of the 729 tokens a context can have: the longest truncated context in 60,000 simulated batches
+  # was 401; tokens a cap would cut are counted in the log (context_tokens_cut).
+  c.mask.counts, c.mask.num_context = "release", 448
   return c
