@@ -132,13 +132,13 @@ def test_lowshot_uses_the_same_share_of_every_class_and_three_draws():
 
 
 def test_initial_encoder_params_are_the_runs_step_0():
-  from ijepa_jax import train
+  from ijepa_jax import state, train
   from ijepa_jax.masks import MultiBlockSampler
   c = tiny_config()
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
   sampler = MultiBlockSampler.from_config(c.mask, 8)
   encoder, _, init, _ = train.build(c, mesh, sampler, 12, 3)
-  jax.tree.map(np.testing.assert_array_equal, train.initial_encoder_params(c, encoder), init().params["encoder"])
+  jax.tree.map(np.testing.assert_array_equal, state.initial_encoder_params(c, encoder), init().params["encoder"])
 
 
 def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
