@@ -33,8 +33,7 @@ def main(argv):
   try:
     if evals is not None:
       check_evals(evals)
-    config, encoder, train_state = loading.load(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())
-    target, step = train_state.target, int(train_state.step)
+    config, encoder, target, step = loading.load_encoder(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())
     if _CONFIG.value is not None:  # the probe settings (and data paths) of the given config file
       config.probe = _CONFIG.value.probe
       config.data.path, config.data.split, config.data.eval_split = (
