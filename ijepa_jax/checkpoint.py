@@ -168,17 +168,30 @@ def wait(manager: ocp.CheckpointManager, block: bool = True) -> None:
     raise _write_failed(manager, e) from None
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iterator: bool = True):
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iterator: bool = True,
+            part: tuple[str, ...] = ()):
   """abstract_state: a pytree of jax.ShapeDtypeStruct with the target shardings (any mesh).
 
-  Returns (state, this process's iterator state or None). Raises ConfigError when the checkpoint holds
-  another model, DamagedCheckpoint when it cannot be read whole or an array differs from its fingerprint.
+  part: the path of one subtree of the state, e.g. ('target',) or ('params', 'encoder'); abstract_state
+  is then that subtree alone, and only its arrays are read (an Orbax partial restore: loading one
+  encoder of a ViT-H/14 costs one encoder's memory, not the ~5 encoders of the whole train state).
+
+  Returns (state or the subtree, this process's iterator state or None). Raises ConfigError when the
+  checkpoint holds another model, DamagedCheckpoint when it cannot be read whole or an array differs
+  from its fingerprint.
   """
   directory = epath.Path(manager.directory) / str(step)
   try:
     saved = json.loads(sorted((directory / "data").glob("process_*.json"))[0].read_text())["state"]
   except Exception as e:  # pylint: disable=broad-except
     raise DamagedCheckpoint(f"its manifest in data/ cannot be read ({_short(e)})") from e
+  if part:
+    # Nested dicts name the arrays as the TrainState does ('target/...', 'params/encoder/...'), so the
+    # manifest's entries under the part are compared and checked like those of a whole state.
+    for key in reversed(part):
+      abstract_state = {key: abstract_state}
+    prefix = "/".join(part) + "/"
+    saved = {name: entry for name, entry in saved.items() if name.startswith(prefix)}
   wrong = mismatches(saved, abstract_state)
   if wrong:
     layout = ""
@@ -190,7 +203,12 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iter
                       f"the config:\n" + "\n".join(wrong[:40]) + ("\n  ..." if len(wrong) > 40 else "") +
                       "\nUse the config (and overrides) the checkpoint was written with, or another --workdir."
                       + layout)
-  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if part:
+    items = {"state": ocp.args.PyTreeRestore(
+        item=abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state),
+        partial_restore=True)}
+  else:
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
   if with_iterator:
     items["data"] = DataStateRestore()
   try:
@@ -201,7 +219,10 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iter
   bad = [n for n in saved if got[n]["fingerprint"] != saved[n]["fingerprint"]]
   if bad:
     raise DamagedCheckpoint(f"{len(bad)} array(s) differ from what was saved: {', '.join(bad[:5])}")
-  return restored["state"], (restored["data"]["iterator"] if with_iterator else None)
+  state = restored["state"]
+  for key in part:
+    state = state[key]
+  return state, (restored["data"]["iterator"] if with_iterator else None)
 
 
 class DamagedCheckpoint(Exception):
@@ -251,12 +272,12 @@ def restore_latest(manager: ocp.CheckpointManager, workdir: str, abstract_state,
   return None
 
 
-def restore_state(path: str, abstract_state):
-  """Restores only the train state from WORKDIR/checkpoints/<step> (for notebooks and evaluation),
-  checked against its manifest like `restore`."""
+def restore_state(path: str, abstract_state, part: tuple[str, ...] = ()):
+  """Restores only the train state, or only its subtree at `part` (see `restore`), from
+  WORKDIR/checkpoints/<step> (for notebooks and evaluation), checked against its manifest like `restore`."""
   path = storage.path(path)
   with ocp.CheckpointManager(path.parent, item_names=("state", "data")) as mgr:
     try:
-      return restore(mgr, int(path.name), abstract_state, with_iterator=False)[0]
+      return restore(mgr, int(path.name), abstract_state, with_iterator=False, part=part)[0]
     except DamagedCheckpoint as e:
       raise ConfigError(f"checkpoint {path} is damaged: {e}. Load an earlier step.") from None

@@ -10,7 +10,7 @@ The names are always mapped to the unrolled layout (blocks_{i}) and stacked at t
 has model.scan_layers=True.
 
 Writes DIR/checkpoints/0 (params, EMA target, a fresh optimizer state, step 0, an empty data state) and
-DIR/config.json, so `train.load(DIR)` gives the encoder for evaluation and
+DIR/config.json, so `loading.load_encoder(DIR)` gives the encoder for evaluation and
 `python -m ijepa_jax.main --config=... --workdir=DIR` continues training from the imported weights.
 
 Layout facts used (all checked, nothing silently dropped): torch Linear weights are [out, in] (Flax
@@ -279,7 +279,7 @@ def _raise(problems: list[str]) -> None:
 
 # ============================================================================ the state
 def build_abstract(config):
-  """(build outputs, optimizer) on a one-device mesh: what train.load restores into, whatever the mesh."""
+  """(build outputs, optimizer) on a one-device mesh: what loading.load restores into, whatever the mesh."""
   import jax
   import ml_collections
   from ijepa_jax import optim, sharding, train
@@ -368,7 +368,7 @@ def hf_params(config, abstract_state, state: dict[str, np.ndarray], hf_config: d
 
 
 def write(config, out: str, state) -> str:
-  """OUT/checkpoints/0 + OUT/config.json, loadable by train.load and resumable by train_and_evaluate."""
+  """OUT/checkpoints/0 + OUT/config.json, loadable by ijepa_jax.loading and resumable by train_and_evaluate."""
   from ijepa_jax import checkpoint, storage
   existing = storage.path(checkpoint.checkpoint_dir(out))
   if existing.is_dir() and any(existing.iterdir()):
@@ -410,7 +410,7 @@ def convert(config, out: str, torch_path: str | None = None, hf_path: str | None
       log(f"warning: {w}")
   path = write(config, out, state)
   log(f"Wrote {path} (step 0, fresh optimizer state) and {out}/config.json.\n"
-      f"Load it with ijepa_jax.train.load({out!r}); train on with "
+      f"Load its target encoder with ijepa_jax.loading.load_encoder({out!r}); train on with "
       f"python -m ijepa_jax.main --config=CONFIG --workdir={out}")
   return path
 
@@ -422,10 +422,10 @@ def relayout(config, workdir: str, out: str, log=print) -> str:
   position is not (as for an import, training from `out` starts the pipeline afresh).
   """
   import jax
-  from ijepa_jax import checkpoint, train
+  from ijepa_jax import checkpoint, loading, train
   from ijepa_jax.models import stack_blocks, unstack_blocks
   train.check_config(config)
-  saved, _, state = train.load(workdir)
+  saved, _, state = loading.load(workdir)
   state = (stack_blocks if _scanned(config) else unstack_blocks)(jax.tree.map(np.asarray, state))
   abstract = build_abstract(config)[1]
   wrong = checkpoint.mismatches(checkpoint.manifest(state), abstract)

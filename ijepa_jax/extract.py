@@ -6,7 +6,8 @@
 Every path may be local or gs://. X is uint8 (normalised with the config's mean/std) or float32 (already normalised), [N, H, W, C] at
 the model's resolution. The output is float32 [N, D] (--pool=mean) or [N, tokens, D] (--pool=none);
 --layers=last4 concatenates the last 4 blocks' outputs (each through the final LayerNorm): 4D wide.
-Batches are split over all local devices.
+Batches are split over all local devices. Only the asked-for encoder is read from the checkpoint, and
+fewer images than --batch_size make one forward pass of that many (rounded up to the device count).
 """
 from __future__ import annotations
 
@@ -22,20 +23,22 @@ _ENCODER = flags.DEFINE_enum("encoder", "target", ["target", "context"], "Which 
 _POOL = flags.DEFINE_enum("pool", "mean", ["mean", "none"], "Average-pool the patch tokens or not.")
 _LAYERS = flags.DEFINE_enum("layers", "last", ["last", "last4"], "Final output, or the last 4 blocks.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_BATCH = flags.DEFINE_integer("batch_size", 256, "Images per forward pass (over all devices).")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Images per forward pass at most (over all devices).")
 flags.mark_flags_as_required(["checkpoint", "images", "out"])
 
 
 def main(argv):
   del argv
   import jax
-  from ijepa_jax import sharding, storage, train
+  from ijepa_jax import loading, sharding, storage
   from ijepa_jax.errors import ConfigError
   from ijepa_jax.evaluation import features
   logging.set_verbosity(logging.WARNING)  # no INFO lines from Orbax's restore
   try:
     images = storage.load_npy(storage.check_readable(_IMAGES.value, "--images"), mmap=True)
-    config, encoder, state = train.load(_CHECKPOINT.value, _STEP.value, devices=jax.local_devices())
+    # Only the asked-for encoder is read: a ViT-H/14 costs one encoder's memory, not the train state's.
+    config, encoder, params, step = loading.load_encoder(_CHECKPOINT.value, _STEP.value, _ENCODER.value,
+                                                         devices=jax.local_devices())
     d = config.data
     expected = (d.image_size, d.image_size, d.channels)
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
@@ -43,7 +46,6 @@ def main(argv):
                         f"(resize the images to {d.image_size} px first).")
     if images.dtype not in (np.uint8, np.float32):
       raise ConfigError(f"{_IMAGES.value} is {images.dtype}: save uint8 (0-255) or normalised float32 images.")
-    params = state.target if _ENCODER.value == "target" else state.params["encoder"]
     mesh = sharding.make_mesh(config.mesh, jax.local_devices())
     out = features.extract(encoder, params, np.asarray(images), d.mean, d.std, _BATCH.value, mesh,
                            pool=_POOL.value, layers=_LAYERS.value)
@@ -51,7 +53,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   storage.save_npy(_OUT.value, out.astype(np.float32))
-  print(f"{_OUT.value}: features {out.shape} from the {_ENCODER.value} encoder at step {int(state.step)}")
+  print(f"{_OUT.value}: features {out.shape} from the {_ENCODER.value} encoder at step {step}")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,15 @@ def _subplots(rows: int, cols: int, figsize, **kw):
 
 
 def training_curves(rows: list[dict], path: str) -> str:
-  """Loss (log scale), learning rate, weight decay and EMA momentum against the step."""
-  steps = [r["step"] for r in rows]
-  fig, axes = _subplots(1, 4, figsize=(16, 3.2))
-  for ax, key, log in zip(axes, ("loss", "lr", "wd", "momentum"), (True, False, False, False)):
-    ax.plot(steps, [r[key] for r in rows], lw=1)
+  """Loss (log scale), learning rate, weight decay and EMA momentum against the step, and the k-NN
+  monitor's top-1 where it ran (`knn_monitor`: logged on some steps only)."""
+  panels = [("loss", True), ("lr", False), ("wd", False), ("momentum", False)]
+  if any("knn_monitor" in r for r in rows):
+    panels.append(("knn_monitor", False))
+  fig, axes = _subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+  for ax, (key, log) in zip(axes, panels):
+    logged = [r for r in rows if key in r]
+    ax.plot([r["step"] for r in logged], [r[key] for r in logged], lw=1, marker="o" if key == "knn_monitor" else None)
     ax.set_title(key)
     ax.set_xlabel("step")
     if log:

@@ -2,23 +2,23 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from ijepa_jax import checkpoint, data, metrics, optim, preemption, sharding, storage
+from ijepa_jax import state as state_lib
 from ijepa_jax.errors import ConfigError
+from ijepa_jax.evaluation import probes
+from ijepa_jax.evaluation.monitor import Monitor
+from ijepa_jax.loading import load  # noqa: F401  (train.load: notebooks and scripts call it by this name)
 from ijepa_jax.masks import MultiBlockSampler
-from ijepa_jax.models import make_models
-from ijepa_jax.step import LOSSES, TrainState, make_train_step
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from ijepa_jax.state import DTYPES
+from ijepa_jax.step import LOSSES, make_train_step
 
 
 # ============================================================================ config checks
@@ -53,27 +53,12 @@ def check_accumulation(config, dp: int) -> None:
 def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_steps: int):
   """Models, optimizer, the abstract sharded TrainState, a born-sharded initializer and the jitted step."""
   d = config.data
-  encoder, predictor = make_models(config.model, d.image_size, d.channels, DTYPES[config.dtype])
+  encoder, predictor = state_lib.models(config)
   tx = optim.make_optimizer(config.optim, total_steps, warmup_steps)
   rules = sharding.rules(config)
-
-  def init_state(rng):
-    k_enc, k_pred = _init_keys(rng)
-    images = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
-    ctx_idx = jnp.zeros((1, sampler.num_context), jnp.int32)
-    tgt_idx = jnp.zeros((1, sampler.num_targets, sampler.num_target), jnp.int32)
-    enc = encoder.init(k_enc, images, ctx_idx)["params"]
-    context = jnp.zeros((1, sampler.num_context, encoder.width), jnp.float32)
-    pred = predictor.init(k_pred, context, ctx_idx, tgt_idx)["params"]
-    params = {"encoder": enc, "predictor": pred}
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params, target=params["encoder"],
-                      opt_state=tx.init(params))
-
+  init_state = state_lib.make_init(config, encoder, predictor, tx, sampler)
   rng = jax.random.key(config.seed)
-  boxed = jax.eval_shape(init_state, rng)
-  state_shardings = sharding.logical_shardings(boxed, mesh, rules)
-  abstract_state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                                nn.unbox(boxed), state_shardings)
+  abstract_state, state_shardings = state_lib.abstract(jax.eval_shape(init_state, rng), mesh, rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     init = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)
 
@@ -83,19 +68,6 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
   return encoder, abstract_state, (lambda: init(rng)), train_step
-
-
-def _init_keys(rng):
-  """(encoder key, predictor key): one derivation for a run's init and its random-init baseline."""
-  return jax.random.split(rng)
-
-
-def initial_encoder_params(config, encoder):
-  """The encoder's parameters at step 0 of a run with this config (the random-init baseline)."""
-  k_enc, _ = _init_keys(jax.random.key(config.seed))
-  d = config.data
-  images = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
-  return nn.unbox(jax.jit(encoder.init)(k_enc, images)["params"])
 
 
 def run_step(train_step, mesh, config, state, batch):
@@ -177,7 +149,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"I-JEPA: {total_steps} steps of {config.batch_size} images on mesh {dict(mesh.shape)}; "
       f"{grid}x{grid} patches, context {sampler.num_context} tokens, "
       f"{sampler.num_targets} targets x {sampler.num_target} tokens"
-      + (" (padded: the release's counts, per device batch)." if sampler.counts == "release" else "."))
+      + (f" (padded: the release's counts, per {sampler.shard_size} images)." if sampler.counts == "release"
+         else "."))
 
   lr_fn = optim.lr_schedule(config.optim, total_steps, warmup_steps)
   wd_fn = optim.wd_schedule(config.optim, total_steps)
@@ -186,8 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   stop = total_steps if config.run_steps <= 0 else min(total_steps, start + config.run_steps)
   monitor = None
   if config.probe.monitor_every > 0 and jax.process_count() == 1:
-    from ijepa_jax import evaluate
-    monitor = evaluate.Monitor(config, encoder, mesh)
+    monitor = Monitor(config, encoder, mesh)
   timer = metrics.Timer()
   pending, skipped, nonfinite, data_wait, cut = [], 0.0, 0, 0.0, 0.0
   try:
@@ -256,9 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   results = {}
   if config.probe.enabled and at == total_steps:
-    from ijepa_jax import evaluate
-    initial = initial_encoder_params(config, encoder) if config.probe.random_init_baseline else None
-    results = evaluate.run(config, encoder, state.target, initial, mesh, workdir, step=at)
+    initial = state_lib.initial_encoder_params(config, encoder) if config.probe.random_init_baseline else None
+    results = probes.run(config, encoder, state.target, initial, mesh, workdir, step=at)
   if config.write_plots and at == total_steps and jax.process_index() == 0:
     _write_plots(config, sampler, workdir)
   manager.close()
@@ -272,27 +243,3 @@ def _write_plots(config, sampler, workdir: str) -> None:
   masks = dataclasses.replace(sampler, shard_size=0)(np.random.default_rng(config.seed), len(images))  # one shard
   written = plots.write_run_plots(workdir, images, masks, config.data.image_size // config.model.patch_size)
   print(f"Plots: {', '.join(os.path.basename(p) for p in written)} in {workdir}.", flush=True)
-
-
-# ============================================================================ loading for notebooks and evaluation
-def load(workdir: str, step: int | None = None, devices=None):
-  """(config, encoder, state) from a workdir's checkpoint, restored onto `devices` (default: one device),
-  whatever mesh wrote it. The target encoder's features: encoder.apply({'params': state.target}, images)."""
-  config_file = storage.check_readable(workdir, "workdir") / "config.json"
-  if not config_file.exists():
-    raise ConfigError(f"{config_file} not found: point at the --workdir of an ijepa_jax run.")
-  config = ml_collections.ConfigDict(json.loads(config_file.read_text()))
-  devices = jax.devices()[:1] if devices is None else devices
-  config.mesh = ml_collections.ConfigDict(dict(data=len(devices), fsdp=1))
-  mesh = sharding.make_mesh(config.mesh, devices)
-  manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.checkpoint_every)
-  step = manager.latest_step() if step is None else step
-  manager.close()
-  if step is None:
-    raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-  sampler = MultiBlockSampler.from_config(config.mask, config.data.image_size // config.model.patch_size)
-  # Schedule lengths only shape the optimizer's functions, not the state: any positive values do.
-  encoder, abstract_state, _, _ = build(config, mesh, sampler, total_steps=1, warmup_steps=0)
-  # Only the train state: the data iterator position belongs to the processes that wrote it.
-  state = checkpoint.restore_state(storage.join(checkpoint.checkpoint_dir(workdir), str(step)), abstract_state)
-  return config, encoder, state

@@ -4,6 +4,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from conftest import tiny_config
@@ -81,6 +82,28 @@ def test_extract_shapes_pooling_and_last4():
   np.testing.assert_allclose(last4[:, 96:], pooled, rtol=1e-4, atol=1e-5)
 
 
+def test_extract_pads_a_short_input_only_to_the_data_parallel_size(monkeypatch):
+  """2 images with batch_size=256 run one forward pass of 2 images per device, not of 256; a remainder
+  costs one more compiled shape, not one per call."""
+  c = tiny_config()
+  enc, _ = make_models(c.model, 16, 1, jnp.float32)
+  params = jax.tree.map(lambda x: x.unbox() if hasattr(x, "unbox") else x,
+                        jax.jit(enc.init)(jax.random.key(0), jnp.zeros((1, 16, 16, 1)))["params"],
+                        is_leaf=lambda x: hasattr(x, "unbox"))
+  seen = []  # the batch shapes the jitted forward pass is traced (and compiled) for
+  original = features.tokens
+  monkeypatch.setattr(features, "tokens", lambda e, p, x, layers="last": seen.append(x.shape[0]) or original(e, p, x, layers))
+  images = np.random.default_rng(0).integers(0, 255, (600, 16, 16, 1), dtype=np.uint8)
+  dp = len(jax.devices())
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=dp, fsdp=1)))
+  two = features.extract(enc, params, images[:2], (0.5,), (0.5,), 256, mesh)
+  assert seen == [-(-2 // dp) * dp] and two.shape == (2, 32)
+  seen.clear()
+  many = features.extract(enc, params, images, (0.5,), (0.5,), 256, mesh)
+  assert seen == [256, -(-(600 - 512) // dp) * dp] and many.shape == (600, 32)   # 256, 256 (same shape), 88
+  np.testing.assert_allclose(many[:2], two, rtol=1e-5, atol=1e-6)
+
+
 def test_extract_cli_matches_the_restored_target_encoder(tmp_path):
   import subprocess
   import sys
@@ -132,13 +155,13 @@ def test_lowshot_uses_the_same_share_of_every_class_and_three_draws():
 
 
 def test_initial_encoder_params_are_the_runs_step_0():
-  from ijepa_jax import train
+  from ijepa_jax import state, train
   from ijepa_jax.masks import MultiBlockSampler
   c = tiny_config()
   mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
   sampler = MultiBlockSampler.from_config(c.mask, 8)
   encoder, _, init, _ = train.build(c, mesh, sampler, 12, 3)
-  jax.tree.map(np.testing.assert_array_equal, train.initial_encoder_params(c, encoder), init().params["encoder"])
+  jax.tree.map(np.testing.assert_array_equal, state.initial_encoder_params(c, encoder), init().params["encoder"])
 
 
 def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):

@@ -33,7 +33,11 @@ def tokens(encoder: nn.Module, params, x: jax.Array, layers: str = "last") -> ja
 def extract(encoder: nn.Module, params, images: np.ndarray, mean, std, batch_size: int, mesh: Mesh,
             pool: str = "mean", layers: str = "last") -> np.ndarray:
   """images [N, S, S, C] -> float32 [N, D'] (pool='mean') or [N, tokens, D'] (pool='none').
-  uint8 images are normalised with mean/std; float images are taken as already normalised."""
+  uint8 images are normalised with mean/std; float images are taken as already normalised.
+
+  Forward passes of batch_size images; a shorter remainder (or a short input) is padded only to a
+  multiple of the data-parallel size, so 2 images on one device cost a forward pass of 2, not of
+  batch_size, at the price of at most one more compilation for that shape."""
   if pool not in POOLS:
     raise ValueError(f"pool={pool!r} is not one of {POOLS}")
   dp = sharding.data_parallel_size(mesh)
@@ -50,9 +54,9 @@ def extract(encoder: nn.Module, params, images: np.ndarray, mean, std, batch_siz
   with jax.set_mesh(mesh):
     for start in range(0, n, batch_size):
       chunk = images[start:start + batch_size]
-      pad = batch_size - len(chunk)
+      pad = -len(chunk) % dp  # the batch axis is split over the data-parallel devices
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
       x = jax.device_put(chunk, sharding.batch_sharding(mesh))
-      out.append(np.asarray(forward(params, x))[:batch_size - pad])
+      out.append(np.asarray(forward(params, x))[:len(chunk) - pad])
   return np.concatenate(out)
