@@ -1,4 +1,5 @@
-"""Mask statistics: our MultiBlockSampler in both modes next to the PyTorch release's MaskCollator.
+"""Mask statistics: our MultiBlockSampler (counts=fixed in both corner modes, and counts=release) next to
+the PyTorch release's MaskCollator.
 
   python experiments/mask_stats.py [--release=/path/to/ijepa] [--out=experiments/results] [--batches=200]
 
@@ -136,7 +137,8 @@ def load_config(name: str):
 
 # ============================================================================ samplers
 def draw_ours(setting: Setting, mode: str, batches: int, seed: int = 0) -> tuple[Stats, object]:
-  """Our sampler from the setting's config, `mask.mode` overridden; seeded per batch as the pipeline."""
+  """Our sampler with counts=fixed and the setting's config's other mask settings, `mask.mode` overridden;
+  seeded per batch as the pipeline."""
   from ijepa_jax.masks import MultiBlockSampler
 
   @dataclasses.dataclass(frozen=True)
@@ -149,10 +151,10 @@ def draw_ours(setting: Setting, mode: str, batches: int, seed: int = 0) -> tuple
       return super()._target_indices(rng, top, left, size)
 
   mask = load_config(setting.config).mask
-  mask.mode = mode
+  mask.mode, mask.counts, mask.num_context = mode, "fixed", -1   # the fixed layout, its default context length
   grid = setting.image_size // setting.patch_size
   sampler = Recording.from_config(mask, grid)
-  stats = Stats(f"ours, mode={mode}", grid)
+  stats = Stats(f"ours, counts=fixed, mode={mode}", grid)
   start = time.perf_counter()
   for i in range(batches):
     out = sampler(np.random.default_rng([seed, i]), setting.batch)
@@ -276,14 +278,15 @@ def plot_histograms(path: str, setting: Setting, all_stats: list[Stats]) -> None
             ("target block height h", lambda s: s.block_h),
             ("target block width w", lambda s: s.block_w),
             ("context tokens per image", lambda s: s.context_len))
-  styles = {"ours, mode=release": ("tab:blue", "-"), "ours, mode=uniform": ("tab:orange", "--")}
+  styles = {"ours, counts=fixed, mode=release": ("tab:blue", "-"),
+            "ours, counts=fixed, mode=uniform": ("tab:orange", "--"), "ours, counts=release": ("tab:red", ":")}
   for ax, (title, values) in zip(axes, panels):
     data = [np.asarray(values(s)) for s in all_stats]
     lo, hi = min(d.min() for d in data), max(d.max() for d in data)
     bins = np.arange(lo - 0.5, hi + 1.5, max(1, (hi - lo + 1) // 40))
     for s, d in zip(all_stats, data):
       color, style = styles.get(s.label, ("tab:green", "-"))
-      if ax is axes[3] and s.label.startswith("ours"):   # one fixed count: a line, not a spike
+      if ax is axes[3] and s.label.startswith("ours, counts=fixed"):   # one fixed count: a line, not a spike
         ax.axvline(d[0], color=color, linestyle=style, label=f"{s.label}: fixed {d[0]}")
       else:
         ax.hist(d, bins=bins, histtype="step", density=True, linewidth=1.2, color=color, linestyle=style,
@@ -291,7 +294,7 @@ def plot_histograms(path: str, setting: Setting, all_stats: list[Stats]) -> None
     ax.set_title(title, fontsize=8)
     ax.tick_params(labelsize=7)
   for s in all_stats:          # kept tokens per block: fixed for ours, the whole block for the release
-    if s.label.startswith("ours"):
+    if s.label.startswith("ours, counts=fixed"):
       axes[0].axvline(s.block_tokens[0], linestyle=":", color="gray")
   axes[0].set_xlabel(f"dotted: tokens per block kept by ours ({all_stats[0].block_tokens[0]}, fixed)", fontsize=7)
   axes[3].set_xlabel("release: per-batch truncated length", fontsize=7)
