@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import struct
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ijepa_jax import storage
-from ijepa_jax.data.transforms import _as_array
+from ijepa_jax.data.transforms import _as_array, _draft_factor, _sample_crop_box
 from ijepa_jax.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -265,6 +266,58 @@ class ImageFolder:
       if j in self._bad:
         continue
       arr = self._decode(j, draft_size)
+      if arr is not None:
+        return arr, int(self.labels[j]), k
+    raise ConfigError(f"no image under {self.directory} could be decoded: set {_IMAGE_FOLDER_HINT}.")
+
+  def _decode_crop(self, index: int, rng: np.random.Generator, size: int, scale, ratio,
+                   draft: bool) -> np.ndarray | None:
+    path = self.path(index)
+    try:
+      with storage.open_image(path) as f, Image.open(f) as img:
+        width, height = img.size  # from the header: the crop box is drawn before anything is decoded
+        if width < 1 or height < 1:
+          raise ValueError("empty image")
+        top, left, h, w = _sample_crop_box(rng, height, width, scale, ratio)
+        factor = _draft_factor(h, w, size) if draft and img.format == "JPEG" else 1
+        if factor > 1:
+          # DCT-domain downscale: libjpeg decodes at 1/factor size, and the crop there still has at least
+          # 2 * size pixels each way, so the resize below still shrinks it 2x or more (transforms._DRAFT_MARGIN).
+          img.draft(None, (width // factor, height // factor))  # None: keep the mode (exact conversions)
+        sx, sy = img.size[0] / width, img.size[1] / height  # 1, or the draft's scale
+        if sx == sy == 1:
+          out = _pil_convert(img.crop((left, top, left + w, top + h)), self.mode).resize((size, size),
+                                                                                         Image.BILINEAR)
+        else:
+          # The box in the smaller image is fractional: crop the enclosing pixels, resize the exact box in them.
+          box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+          outer = (math.floor(box[0]), math.floor(box[1]), min(img.size[0], math.ceil(box[2])),
+                   min(img.size[1], math.ceil(box[3])))
+          inner = (box[0] - outer[0], box[1] - outer[1], min(box[2], outer[2]) - outer[0],
+                   min(box[3], outer[3]) - outer[1])
+          out = _pil_convert(img.crop(outer), self.mode).resize((size, size), Image.BILINEAR, box=inner)
+      return _as_array(out)
+    except Exception as e:  # pylint: disable=broad-except
+      self._bad.add(index)
+      _log.warning("skipping undecodable image %s: %s: %s", path, type(e).__name__, e)
+      return None
+
+  def load_crop(self, index: int, rng: np.random.Generator, size: int, scale=(0.3, 1.0),
+                ratio=(3 / 4, 4 / 3), draft: bool = True) -> tuple[np.ndarray, int, int]:
+    """(random resized crop uint8 [size, size, channels], label, skipped) for `index`.
+
+    The same crop box distribution and draws as `random_resized_crop(self.load(index)[0], rng, ...)` (the
+    box is drawn from the header's size), but a JPEG whose crop spans at least 4 * size pixels each way
+    is decoded at 1/2, 1/4 or 1/8 scale (keeping >= 2 * size) (libjpeg's DCT scaling) and only the crop is converted and resized
+    (draft=False: always the full decode, then pixel for pixel the per-example path). Undecodable files are replaced by the next decodable one, drawing a new box from the same rng.
+    """
+    n = len(self)
+    index = int(index) % n
+    for k in range(n):
+      j = (index + k) % n
+      if j in self._bad:
+        continue
+      arr = self._decode_crop(j, rng, size, scale, ratio, draft)
       if arr is not None:
         return arr, int(self.labels[j]), k
     raise ConfigError(f"no image under {self.directory} could be decoded: set {_IMAGE_FOLDER_HINT}.")
