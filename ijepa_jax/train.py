@@ -181,6 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     from ijepa_jax import evaluate
     monitor = evaluate.Monitor(config, encoder, mesh)
   timer = metrics.Timer()
+  input_bound = metrics.InputBoundWarning(config.data.get("num_workers", 0))
   pending, skipped, nonfinite, data_wait = [], 0.0, 0, 0.0
   try:
     with preemption.StopRequest(every=config.log_every) as stop_request:
@@ -211,6 +212,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             timer.lap()  # the probe's time is not training time
           writer.write(done, row)
           writer.progress(done, row, seconds / len(pending))
+          if warning := input_bound.update(row["data_wait_fraction"]):
+            writer.message(warning)
           data_wait = 0.0
           if bad and not config.skip_nonfinite_steps:
             raise FloatingPointError(_diverged(bad[0]))
