@@ -495,3 +495,42 @@ def test_resume_jpeg_image_folder(jpeg_tree, num_workers):
   serial = make_config("image_folder", path=str(jpeg_tree), channels=3, batch_size=4, image_size=32)
   reference = take(iter(data.make_pretrain_dataset(serial, mask_fn)), 6)[3:]
   assert_same(reference, expected)
+
+
+def test_simplejpeg_and_pillow_decode_the_same_crops(jpeg_tree, monkeypatch, caplog):
+  """The fast decoder (simplejpeg, libjpeg-turbo) and the fallback (Pillow) give the same crops, with and
+  without DCT scaling, so the pipeline's output does not depend on which is installed; without simplejpeg
+  an image folder says once how to get it."""
+  from ijepa_jax.data import sources
+  pytest.importorskip("simplejpeg")
+
+  def crops():
+    out = {}
+    for channels in (3, 1):
+      source = data.make_source(make_config("image_folder", path=str(jpeg_tree), channels=channels), "train")
+      for i in range(len(source)):
+        for seed in range(3):
+          for draft in (True, False):
+            out[channels, i, seed, draft] = source.load_crop(i, np.random.default_rng([seed, i]), 64, draft=draft)
+    return out
+
+  fast = crops()
+  monkeypatch.setattr(sources, "_simplejpeg", None)
+  monkeypatch.setattr(sources, "_said_missing", False)
+  caplog.set_level(logging.WARNING)
+  slow = crops()
+  assert [r.getMessage() for r in caplog.records].count(sources.SIMPLEJPEG_MISSING) == 1
+  assert "pip install simplejpeg==" in sources.SIMPLEJPEG_MISSING
+  assert fast.keys() == slow.keys()
+  for key, (image, label, skipped) in fast.items():
+    np.testing.assert_array_equal(image, slow[key][0], err_msg=str(key))
+    assert (label, skipped) == slow[key][1:]
+  source = data.make_source(make_config("image_folder", path=str(jpeg_tree), channels=3), "train")
+  scaled = sum(data._draft_factor(*_crop_extent(source, i, seed), 64) > 1 for i in range(len(source))
+               for seed in range(3))
+  assert scaled >= 2  # DCT-scaled decodes were among those compared
+
+
+def _crop_extent(source, i, seed):
+  image = source.load(i)[0]
+  return data._sample_crop_box(np.random.default_rng([seed, i]), *image.shape[:2], (0.3, 1.0), (3 / 4, 4 / 3))[2:]
