@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ijepa_jax import storage
-from ijepa_jax.data.transforms import _as_array, _draft_factor, _pil_image, _sample_crop_box
+from ijepa_jax.data.transforms import _as_array, _draft_factor, _sample_crop_box
 from ijepa_jax.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -319,9 +319,13 @@ class ImageFolder:
         _check_pixels(width, height)
         box = _sample_crop_box(rng, height, width, scale, ratio)  # drawn before anything is decoded
         factor = _draft_factor(box[2], box[3], size) if draft else 1
-        image = _simplejpeg.decode_jpeg(blob, "GRAY" if gray else "RGB", fastdct=False, fastupsample=False,
-                                        min_height=-(-height // factor), min_width=-(-width // factor))
-        return _as_array(self._crop_resize(image, width, height, box, size))
+        # RGBX: Pillow's own layout for RGB, so the decoded buffer becomes a Pillow image without a copy.
+        mode = "L" if gray else "RGBX"
+        pixels = _simplejpeg.decode_jpeg(blob, "GRAY" if gray else "RGBX", fastdct=False, fastupsample=False,
+                                         min_height=-(-height // factor), min_width=-(-width // factor))
+        image = Image.frombuffer(mode, (pixels.shape[1], pixels.shape[0]), pixels, "raw", mode, 0, 1)
+        out = self._crop_resize(image, width, height, box, size)
+        return np.asarray(out)[..., :3] if out.mode == "RGBX" else _as_array(out)
       with Image.open(io.BytesIO(blob)) as img:
         width, height = img.size  # from the header: the crop box is drawn before anything is decoded
         if width < 1 or height < 1:
@@ -338,11 +342,11 @@ class ImageFolder:
       _log.warning("skipping undecodable image %s: %s: %s", path, type(e).__name__, e)
       return None
 
-  def _crop_resize(self, image, width: int, height: int, box, size: int) -> Image.Image:
-    """Crop box (top, left, h, w) of a width x height picture, given whole as a Pillow image or uint8 array
-    [h', w', c], possibly decoded at a reduced scale; converted to self.mode, resized to size x size."""
+  def _crop_resize(self, image: Image.Image, width: int, height: int, box, size: int) -> Image.Image:
+    """Crop box (top, left, h, w) of a width x height picture, given whole as a Pillow image, possibly decoded
+    at a reduced scale; converted to self.mode (RGBX stays, for RGB), resized to size x size."""
     top, left, h, w = box
-    sw, sh = image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
+    sw, sh = image.size
     if (sw, sh) == (width, height):
       outer, inner = (left, top, left + w, top + h), None
     else:  # the box in the smaller image is fractional: crop the enclosing pixels, resize the exact box in them
@@ -351,11 +355,9 @@ class ImageFolder:
       outer = (math.floor(exact[0]), math.floor(exact[1]), min(sw, math.ceil(exact[2])), min(sh, math.ceil(exact[3])))
       inner = (exact[0] - outer[0], exact[1] - outer[1], min(exact[2], outer[2]) - outer[0],
                min(exact[3], outer[3]) - outer[1])
-    if isinstance(image, Image.Image):
-      crop = image.crop(outer)
-    else:
-      crop = _pil_image(image[outer[1]:outer[3], outer[0]:outer[2]])
-    crop = _pil_convert(crop, self.mode)  # crop first: the conversions are per pixel, cheaper on fewer
+    crop = image.crop(outer)
+    if not (crop.mode == "RGBX" and self.mode == "RGB"):  # RGBX resizes as RGB does; its X is dropped after
+      crop = _pil_convert(crop, self.mode)  # crop first: the conversions are per pixel, cheaper on fewer
     return crop.resize((size, size), Image.BILINEAR, box=inner)
 
   def load_crop(self, index: int, rng: np.random.Generator, size: int, scale=(0.3, 1.0),
