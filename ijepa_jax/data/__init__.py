@@ -21,6 +21,7 @@ sources (image folders, TFDS) decode and crop per example (Pillow), batched afte
 shuffle indices, draw each crop box from the file's header before decoding (the same draws as cropping the
 decoded image) and, for a JPEG whose crop is >= 4x the output size each way, decode at 1/2-1/8 scale
 (libjpeg's DCT scaling; data.jpeg_draft=False turns it off); only the crop is converted and resized.
+JPEGs are decoded by simplejpeg (libjpeg-turbo) where it is installed, else by Pillow: the same pixels.
 
 Batches are numpy dicts: {'images': uint8 [b, S, S, C], 'skipped': int32 [b] (undecodable files replaced
 to produce each example; sum it for the total), **mask_fn(rng, b)} with b = batch_size // process_count.
