@@ -21,9 +21,13 @@ so the entropy-coded size per pixel, which sets the decode time, is like a photo
 the files' mean size in pixels and bytes beside ImageNet's.
 
 The release is CC BY-NC 4.0: imported from --reference at run time, never copied here. torchvision is
-needed for it: `pip install torchvision==0.28.0` (the `parity` extra). A torchvision wheel built for
-CUDA whose compiled ops cannot load next to a CPU torch is still usable for this: only its Python
-ImageFolder and transforms run, so its op registrations are skipped (and the results say so).
+needed for it: `pip install -e '.[release_loader]'` (torchvision==0.28.0, for torch 2.13). Where the only
+wheel to be had is a CUDA build next to a CPU torch, do not install it into the environment (it breaks
+transformers' imports there); install it aside and point PYTHONPATH at it:
+    pip install --no-deps --target /tmp/torchvision torchvision==0.28.0
+    PYTHONPATH=/tmp/torchvision python experiments/input_pipeline.py --reference=...
+Its compiled ops cannot load next to a CPU torch, but only its Python ImageFolder and transforms run
+here, so its op registrations are skipped (and the results say so).
 """
 from __future__ import annotations
 
@@ -181,8 +185,9 @@ def import_torchvision() -> str:
     import torchvision
     return torchvision.__version__
   except ModuleNotFoundError:
-    sys.exit("error: the release's loader needs torchvision: pip install torchvision==0.28.0 "
-             "(the `parity` extra: pip install -e '.[parity]').")
+    sys.exit("error: the release's loader needs torchvision: pip install -e '.[release_loader]' "
+             "(torchvision==0.28.0), or, where only a build for another torch is to be had, "
+             "pip install --no-deps --target DIR torchvision==0.28.0 and run with PYTHONPATH=DIR.")
   except RuntimeError as e:  # a CUDA build next to a CPU torch: its compiled ops (nms, ...) cannot register
     import types
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
