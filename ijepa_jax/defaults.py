@@ -46,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
       crop_scale=(0.3, 1.0), crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
       mean=IMAGENET_MEAN, std=IMAGENET_STD,
       num_workers=8, prefetch_buffer=4,
+      jpeg_draft=True,           # image_folder: decode a JPEG at 1/2-1/8 scale when its crop keeps >= image_size
+                                 # pixels (libjpeg DCT scaling; same crop boxes); False: always the full decode
       synthetic_size=256,
   ))
 

@@ -112,3 +112,29 @@ class Timer:
     now = time.perf_counter()
     dt, self._t = now - self._t, now
     return dt
+
+
+class InputBoundWarning:
+  """Decides when to say that the input pipeline is the bottleneck: `data_wait_fraction` (the part of a log
+  interval the loop spent waiting for its next batch) above `threshold` in `intervals` consecutive log
+  intervals, the run's first `skip` intervals aside (start-up: worker processes, first prefetches). Says
+  it once per run; the caller prints it (MetricWriter.message: process 0 only)."""
+
+  def __init__(self, num_workers: int, threshold: float = 0.3, intervals: int = 3, skip: int = 1):
+    self.num_workers, self.threshold, self.intervals, self.skip = int(num_workers), threshold, intervals, skip
+    self._seen, self._high, self.warned = 0, [], False
+
+  def update(self, data_wait_fraction: float) -> str | None:
+    """The warning, the first time the condition holds; otherwise None."""
+    self._seen += 1
+    if self.warned or self._seen <= self.skip:
+      return None
+    self._high = self._high + [data_wait_fraction] if data_wait_fraction > self.threshold else []
+    if len(self._high) < self.intervals:
+      return None
+    self.warned = True
+    return (f"warning: the input pipeline is the bottleneck: the loop waited for data "
+            f"{100 * min(self._high):.0f}-{100 * max(self._high):.0f}% of the time in the last {self.intervals} "
+            f"log intervals (data_wait_fraction > {self.threshold:g}). Raise --config.data.num_workers "
+            f"(now {self.num_workers}; each worker decodes on about one host core, see README 'cores per host') "
+            f"or give the host more cores.")

@@ -161,6 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.probe.monitor_every > 0 and jax.process_count() == 1:
     monitor = Monitor(config, encoder, mesh)
   timer = metrics.Timer()
+  input_bound = metrics.InputBoundWarning(config.data.get("num_workers", 0))
   pending, skipped, nonfinite, data_wait, cut = [], 0.0, 0, 0.0, 0.0
   try:
     with preemption.StopRequest(every=config.log_every) as stop_request:
@@ -195,6 +196,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             timer.lap()  # the probe's time is not training time
           writer.write(done, row)
           writer.progress(done, row, seconds / len(pending))
+          if warning := input_bound.update(row["data_wait_fraction"]):
+            writer.message(warning)
           data_wait = 0.0
           if bad and not config.skip_nonfinite_steps:
             raise FloatingPointError(_diverged(bad[0]))

@@ -43,3 +43,23 @@ def test_peak_flags_conflict_is_one_line():
   proc = _bench(*TINY, "--peak_tflops=1", "--measure_peak")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.startswith("error: give --peak_tflops or --measure_peak, not both.")
+
+
+def test_input_pipeline_benchmark_writes_results(tmp_path):
+  """experiments/input_pipeline.py, ours only on a few generated JPEGs: the rates, the cores-per-host table
+  and the exact command land in the results file; a wrong --reference is one line."""
+  out, cache = tmp_path / "input_pipeline.md", tmp_path / "jpegs"
+  args = [sys.executable, "experiments/input_pipeline.py", "--images=24", "--batch=4", "--batches=2", "--warmup=1",
+          "--rounds=1", "--workers=0", f"--cache={cache}", f"--out={out}"]
+  proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  written = out.read_text()
+  assert written.startswith("# Host input pipeline") and "--images=24" in written
+  row = re.search(r"^\| ours \(grain\) \| 0 \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$", written, re.MULTILINE)
+  assert row and float(row.group(1)) > 0 and float(row.group(3)) > 0, written
+  cores = re.search(r"^\| ViT-H/14 \| 6\.4\d\de\+11 \| v5p host .* \| 354 \| 1415 \| ([0-9.]+) \|$", written, re.MULTILINE)
+  assert cores and float(cores.group(1)) > 0, written  # 50% of 459 TFLOP/s over ViT-H/14's FLOPs per image
+  assert len(list(cache.rglob("*.JPEG"))) == 24
+  proc = subprocess.run([*args, f"--reference={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=60)
+  assert proc.returncode == 2 and "not a facebookresearch/ijepa checkout" in proc.stderr
+  assert "Traceback" not in proc.stderr

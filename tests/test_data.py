@@ -374,3 +374,163 @@ def test_training_on_a_damaged_image_folder_reports_the_skipped_files(image_tree
   out = capsys.readouterr().out
   assert rows[-1]["skipped_images"] == 4   # two bad files in each epoch of 9 images
   assert "Finished at step 2 of 2" in out and "4 undecodable image(s) replaced by the next file" in out
+
+
+# ------------------------------------------------------------------------------------ JPEG decode at the crop's scale
+def _photo_like(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+  """uint8 [h, w, 3] with a natural image's 1/f amplitude spectrum (white noise would be a worst case no
+  photo is: all its energy at the frequencies DCT scaling drops)."""
+  fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+  f = np.sqrt(fx ** 2 + fy ** 2)
+  f[0, 0] = 1.0
+  spec = rng.standard_normal((3, h, w // 2 + 1)) + 1j * rng.standard_normal((3, h, w // 2 + 1))
+  x = np.fft.irfft2(spec / f, s=(h, w)).transpose(1, 2, 0)
+  x = (x - x.mean()) / x.std()
+  return np.clip(128 + 48 * x, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def jpeg_tree(tmp_path_factory):
+  """Photo-like JPEGs of several sizes (some large enough for DCT scaling at image_size 64), one grayscale,
+  one corrupt file."""
+  rng = np.random.default_rng(1)
+  root = tmp_path_factory.mktemp("jpegs") / "imagenet"
+  for c in ("a", "b"):
+    (root / "train" / c).mkdir(parents=True)
+  sizes = [(600, 800), (375, 500), (900, 700), (130, 90), (1000, 1000), (64, 300), (500, 333), (700, 1200)]
+  for i, (h, w) in enumerate(sizes):
+    Image.fromarray(_photo_like(rng, h, w)).save(root / "train" / "ab"[i % 2] / f"{i}.jpg", quality=90)
+  Image.fromarray(_photo_like(rng, 520, 610)[..., 0], "L").save(root / "train" / "a" / "gray.jpg", quality=90)
+  (root / "train" / "b" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+  return root
+
+
+def test_draft_factor():
+  assert data._draft_factor(447, 1000, 224) == 1      # the crop keeps >= 2 x the output size, either axis
+  assert data._draft_factor(896, 896, 224) == 2 and data._draft_factor(895, 1800, 224) == 1
+  assert data._draft_factor(1800, 3600, 224) == 4 and data._draft_factor(3584, 3584, 224) == 8
+  assert data._draft_factor(9000, 9000, 224) == 8     # libjpeg scales by 1/8 at most
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_load_crop_same_boxes_as_the_full_decode(jpeg_tree, channels):
+  """The crop box comes from the header with the same draws as cropping the decoded image: without DCT
+  scaling the crop is pixel for pixel the per-example path's, and the rng has consumed the same draws."""
+  source = data.make_source(make_config("image_folder", path=str(jpeg_tree), channels=channels), "train")
+  for i in range(len(source)):
+    for seed in range(3):
+      rng_a, rng_b = np.random.default_rng([seed, i]), np.random.default_rng([seed, i])
+      got, label, skipped = source.load_crop(i, rng_a, 64, draft=False)
+      image, label_ref, skipped_ref = source.load(i)
+      want = data.random_resized_crop(image, rng_b, 64)
+      np.testing.assert_array_equal(got, want)
+      assert (label, skipped) == (label_ref, skipped_ref)
+      assert rng_a.random() == rng_b.random()  # the same number of draws
+
+
+def test_load_crop_dct_scaled_close_to_the_full_decode(jpeg_tree):
+  """With DCT scaling the crops differ from the full decode's by less than changing the resize filter
+  (BILINEAR -> BICUBIC, both standard choices) does: no more than a choice the release could have made
+  either way. Bound: mean |difference| over all scaled crops <= that between the two filters, below 2 of
+  255 levels, and no crop's mean above 4 (a margin of 1 instead of 2 breaks the first bound)."""
+  source = data.make_source(make_config("image_folder", path=str(jpeg_tree), channels=3), "train")
+  scaled, filters, n_scaled = [], [], 0
+  for i in range(len(source)):
+    for seed in range(4):
+      rng = np.random.default_rng([seed, i])
+      image = source.load(i)[0]
+      top, left, h, w = data._sample_crop_box(np.random.default_rng([seed, i]), *image.shape[:2], (0.3, 1.0),
+                                              (3 / 4, 4 / 3))
+      if data._draft_factor(h, w, 64) == 1:
+        continue
+      n_scaled += 1
+      got = source.load_crop(i, rng, 64)[0].astype(np.float64)
+      crop = Image.fromarray(image[top:top + h, left:left + w])
+      bilinear = np.asarray(crop.resize((64, 64), Image.BILINEAR), np.float64)
+      bicubic = np.asarray(crop.resize((64, 64), Image.BICUBIC), np.float64)
+      scaled.append(np.abs(got - bilinear).mean())
+      filters.append(np.abs(bicubic - bilinear).mean())
+  assert n_scaled >= 10, n_scaled  # the fixture's large images do get scaled
+  assert np.mean(scaled) <= np.mean(filters), (np.mean(scaled), np.mean(filters))
+  assert np.mean(scaled) < 2.0 and max(scaled) < 4.0, scaled
+
+
+def test_load_crop_skips_and_counts_corrupt_files(jpeg_tree, caplog):
+  caplog.set_level(logging.WARNING)
+  source = data.make_source(make_config("image_folder", path=str(jpeg_tree), channels=3), "train")
+  bad = [i for i in range(len(source)) if source.path(i).endswith("corrupt.jpg")][0]
+  image, label, skipped = source.load_crop(bad, np.random.default_rng(0), 32)
+  assert image.shape == (32, 32, 3) and skipped == 1 and label == int(source.labels[(bad + 1) % len(source)])
+  assert "corrupt.jpg" in " ".join(r.getMessage() for r in caplog.records)
+
+
+def test_jpeg_pipeline_matches_the_per_example_crops(jpeg_tree):
+  """jpeg_draft=False: the image-folder pipeline's batches are those of cropping each decoded image
+  (grain's per-example path over the source); with DCT scaling, the same masks and skipped counts."""
+  import grain
+  from ijepa_jax.data import pipeline
+  cfg = make_config("image_folder", path=str(jpeg_tree), channels=3, batch_size=5, image_size=64, jpeg_draft=False)
+  got = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 4)
+  ds = grain.MapDataset.source(data.make_source(cfg, "train")).seed(cfg.seed).shuffle().repeat()[0::1]
+  ds = ds.random_map(pipeline._CropExample(64, (0.3, 1.0), (3 / 4, 4 / 3), 3))
+  ds = ds.batch(5, drop_remainder=True, batch_fn=pipeline._stack_batch).random_map(pipeline._AddMasks(mask_fn))
+  assert_same(got, take(iter(ds.to_iter_dataset()), 4))
+  assert sum(int(b["skipped"].sum()) for b in got) >= 1  # the corrupt file was drawn and counted
+  cfg.data.jpeg_draft = True
+  drafted = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 4)
+  for a, b in zip(got, drafted):
+    for k in ("skipped", "context_idx", "target_idx"):
+      np.testing.assert_array_equal(a[k], b[k])
+    assert np.abs(a["images"].astype(int) - b["images"].astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_jpeg_image_folder(jpeg_tree, num_workers):
+  """Exact resume on JPEG files: the same images, crops and masks after restoring the iterator, with or
+  without worker processes, and the same batches either way."""
+  flags.FLAGS.mark_as_parsed()
+  cfg = make_config("image_folder", path=str(jpeg_tree), channels=3, batch_size=4, image_size=32,
+                    num_workers=num_workers)
+  expected = _check_resume(cfg)
+  serial = make_config("image_folder", path=str(jpeg_tree), channels=3, batch_size=4, image_size=32)
+  reference = take(iter(data.make_pretrain_dataset(serial, mask_fn)), 6)[3:]
+  assert_same(reference, expected)
+
+
+def test_simplejpeg_and_pillow_decode_the_same_crops(jpeg_tree, monkeypatch, caplog):
+  """The fast decoder (simplejpeg, libjpeg-turbo) and the fallback (Pillow) give the same crops, with and
+  without DCT scaling, so the pipeline's output does not depend on which is installed; without simplejpeg
+  an image folder says once how to get it."""
+  from ijepa_jax.data import sources
+  pytest.importorskip("simplejpeg")
+
+  def crops():
+    out = {}
+    for channels in (3, 1):
+      source = data.make_source(make_config("image_folder", path=str(jpeg_tree), channels=channels), "train")
+      for i in range(len(source)):
+        for seed in range(3):
+          for draft in (True, False):
+            out[channels, i, seed, draft] = source.load_crop(i, np.random.default_rng([seed, i]), 64, draft=draft)
+    return out
+
+  fast = crops()
+  monkeypatch.setattr(sources, "_simplejpeg", None)
+  monkeypatch.setattr(sources, "_said_missing", False)
+  caplog.set_level(logging.WARNING)
+  slow = crops()
+  assert [r.getMessage() for r in caplog.records].count(sources.SIMPLEJPEG_MISSING) == 1
+  assert "pip install simplejpeg==" in sources.SIMPLEJPEG_MISSING
+  assert fast.keys() == slow.keys()
+  for key, (image, label, skipped) in fast.items():
+    np.testing.assert_array_equal(image, slow[key][0], err_msg=str(key))
+    assert (label, skipped) == slow[key][1:]
+  source = data.make_source(make_config("image_folder", path=str(jpeg_tree), channels=3), "train")
+  scaled = sum(data._draft_factor(*_crop_extent(source, i, seed), 64) > 1 for i in range(len(source))
+               for seed in range(3))
+  assert scaled >= 2  # DCT-scaled decodes were among those compared
+
+
+def _crop_extent(source, i, seed):
+  image = source.load(i)[0]
+  return data._sample_crop_box(np.random.default_rng([seed, i]), *image.shape[:2], (0.3, 1.0), (3 / 4, 4 / 3))[2:]

@@ -17,7 +17,11 @@ processes, and the iterator's state (`get_state()`, a small JSON-able dict) rest
 In-memory sources of equal-size images (Fashion-MNIST, synthetic) skip the per-example stage: the
 pipeline batches example *indices* and a single vectorised step gathers, crops and resizes the whole
 batch (separable bilinear weight matrices, the same filter as Pillow's BILINEAR resize). File-backed
-sources (image folders, TFDS) decode and crop per example (Pillow), batched afterwards.
+sources (image folders, TFDS) decode and crop per example (Pillow), batched afterwards. Image folders
+shuffle indices, draw each crop box from the file's header before decoding (the same draws as cropping the
+decoded image) and, for a JPEG whose crop is >= 4x the output size each way, decode at 1/2-1/8 scale
+(libjpeg's DCT scaling; data.jpeg_draft=False turns it off); only the crop is converted and resized.
+JPEGs are decoded by simplejpeg (libjpeg-turbo) where it is installed, else by Pillow: the same pixels.
 
 Batches are numpy dicts: {'images': uint8 [b, S, S, C], 'skipped': int32 [b] (undecodable files replaced
 to produce each example; sum it for the total), **mask_fn(rng, b)} with b = batch_size // process_count.
@@ -28,6 +32,7 @@ from ijepa_jax.data.sources import (DEFAULT_FASHION_MNIST_PATH, IMAGE_EXTENSIONS
                                     FashionMnistSource, ImageFolder, SyntheticSource, TfdsSource, load_fashion_mnist,
                                     make_source)
 from ijepa_jax.data.transforms import center_resize, random_resized_crop
+from ijepa_jax.data.transforms import _draft_factor, _sample_crop_box  # pylint: disable=unused-import  # noqa: F401 (used by tests)
 # Private helpers that tests/test_data.py reaches as data._name (compared against the per-example crops).
 from ijepa_jax.data.transforms import _resize_boxes, _sample_crop_boxes  # pylint: disable=unused-import  # noqa: F401 (used by tests)
 

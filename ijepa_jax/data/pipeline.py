@@ -35,6 +35,19 @@ class _CropExample(grain.transforms.RandomMap):
     return {"images": _to_channels(image, self.channels), "skipped": np.int32(element["skipped"])}
 
 
+class _DecodeCropExample(grain.transforms.RandomMap):
+  """Image-folder index -> {'images', 'skipped'}: the crop box drawn from the file's header, then only
+  what the crop needs decoded (ImageFolder.load_crop); the same draws as _CropExample on the decoded image."""
+
+  def __init__(self, source: ImageFolder, size: int, scale, ratio, channels: int, draft: bool):
+    self.source, self.size, self.scale, self.ratio, self.channels, self.draft = (source, size, scale, ratio,
+                                                                                  channels, draft)
+
+  def random_map(self, index, rng: np.random.Generator):
+    image, _, skipped = self.source.load_crop(int(index), rng, self.size, self.scale, self.ratio, self.draft)
+    return {"images": _to_channels(image, self.channels), "skipped": np.int32(skipped)}
+
+
 class _CropArrayBatch(grain.transforms.RandomMap):
   """Batch of example indices -> gathered, randomly cropped and resized {'images', 'skipped'}, vectorised."""
 
@@ -157,6 +170,14 @@ def make_pretrain_dataset(config, mask_fn: MaskFn, process_index: int = 0, proce
     ds = _ShuffledIndexBatches(len(source), b, process_index, process_count, seed).seed(seed)
     ds = ds.random_map(_CropArrayBatch(source.images, size, scale, ratio, channels))
     default_threads = 1
+  elif isinstance(source, ImageFolder):
+    # Indices travel through shuffle/shard; the map opens each file (same permutation as over the source).
+    ds = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+    ds = ds[process_index::process_count]
+    ds = ds.random_map(_DecodeCropExample(source, size, scale, ratio, channels,
+                                          bool(_data_get(config, "jpeg_draft", True))))
+    ds = ds.batch(b, drop_remainder=True, batch_fn=_stack_batch)
+    default_threads = max(1, min(16, (os.cpu_count() or 1) // max(1, num_workers)))
   else:
     ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
     ds = ds[process_index::process_count]

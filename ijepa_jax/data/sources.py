@@ -7,7 +7,9 @@ Each source has `len()` and `source[i] -> {'image': uint8 [h, w, c], 'label': in
 from __future__ import annotations
 
 import gzip
+import io
 import logging
+import math
 import os
 import struct
 from typing import Any
@@ -16,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ijepa_jax import storage
-from ijepa_jax.data.transforms import _as_array
+from ijepa_jax.data.transforms import _as_array, _draft_factor, _sample_crop_box
 from ijepa_jax.errors import ConfigError
 
 _log = logging.getLogger(__name__)
@@ -144,6 +146,38 @@ def _pil_convert(img: Image.Image, mode: str) -> Image.Image:
   return img
 
 
+# ---------------------------------------------------------------------------------------------- JPEG decoding
+try:  # libjpeg-turbo without Pillow's per-image overhead: ~1.4x faster decodes (experiments/results/input_pipeline.md)
+  import simplejpeg as _simplejpeg
+except ImportError:  # Pillow decodes the same pixels, slower
+  _simplejpeg = None
+SIMPLEJPEG_MISSING = ("simplejpeg is not installed: image-folder JPEGs are decoded with Pillow, the same pixels "
+                      "~1.4x slower; `pip install simplejpeg==1.9.0` (a dependency of ijepa_jax) for the fast path.")
+_said_missing = False
+
+
+def _simplejpeg_header(blob: bytes) -> tuple[int, int, bool] | None:
+  """(height, width, grayscale) of a JPEG that simplejpeg decodes as Pillow does (YCbCr or gray); None for
+  anything else (other formats, CMYK/YCCK JPEGs, no simplejpeg), which Pillow decodes."""
+  if _simplejpeg is None or blob[:3] != b"\xff\xd8\xff":
+    return None
+  try:
+    height, width, colorspace, _ = _simplejpeg.decode_jpeg_header(blob)
+  except ValueError:
+    return None  # let Pillow read it (and say why it cannot)
+  if colorspace not in ("YCbCr", "Gray") or height < 1 or width < 1:
+    return None
+  return height, width, colorspace == "Gray"
+
+
+def _check_pixels(width: int, height: int) -> None:
+  """Pillow's decompression-bomb limit, which Image.open applies, for files decoded without it."""
+  limit = Image.MAX_IMAGE_PIXELS
+  if limit and width * height > 2 * limit:
+    raise Image.DecompressionBombError(f"Image size ({width * height} pixels) exceeds limit of {2 * limit} "
+                                       f"pixels, could be decompression bomb DOS attack.")
+
+
 # ---------------------------------------------------------------------------------------------- sources
 class ArraySource:
   """Random-access source over in-memory arrays images uint8 [N, h, w, c], labels int32 [N]."""
@@ -228,6 +262,10 @@ class ImageFolder:
       raise ConfigError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.directory}/CLASS/: "
                         f"set {_IMAGE_FOLDER_HINT}.")
     self.classes = classes
+    global _said_missing
+    if _simplejpeg is None and not _said_missing:
+      _said_missing = True
+      _log.warning(SIMPLEJPEG_MISSING)
     # Compact, cheaply pickled file list (it travels to every worker process): one byte blob + offsets.
     self._blob = b"".join(names)
     self._offsets = np.cumsum([0] + [len(n) for n in names]).astype(np.int64)
@@ -265,6 +303,79 @@ class ImageFolder:
       if j in self._bad:
         continue
       arr = self._decode(j, draft_size)
+      if arr is not None:
+        return arr, int(self.labels[j]), k
+    raise ConfigError(f"no image under {self.directory} could be decoded: set {_IMAGE_FOLDER_HINT}.")
+
+  def _decode_crop(self, index: int, rng: np.random.Generator, size: int, scale, ratio,
+                   draft: bool) -> np.ndarray | None:
+    path = self.path(index)
+    try:
+      with storage.open_image(path) as f:
+        blob = f.read()
+      header = _simplejpeg_header(blob)
+      if header is not None:  # libjpeg-turbo through simplejpeg: the same pixels as Pillow's, faster
+        height, width, gray = header
+        _check_pixels(width, height)
+        box = _sample_crop_box(rng, height, width, scale, ratio)  # drawn before anything is decoded
+        factor = _draft_factor(box[2], box[3], size) if draft else 1
+        # RGBX: Pillow's own layout for RGB, so the decoded buffer becomes a Pillow image without a copy.
+        mode = "L" if gray else "RGBX"
+        pixels = _simplejpeg.decode_jpeg(blob, "GRAY" if gray else "RGBX", fastdct=False, fastupsample=False,
+                                         min_height=-(-height // factor), min_width=-(-width // factor))
+        image = Image.frombuffer(mode, (pixels.shape[1], pixels.shape[0]), pixels, "raw", mode, 0, 1)
+        out = self._crop_resize(image, width, height, box, size)
+        return np.asarray(out)[..., :3] if out.mode == "RGBX" else _as_array(out)
+      with Image.open(io.BytesIO(blob)) as img:
+        width, height = img.size  # from the header: the crop box is drawn before anything is decoded
+        if width < 1 or height < 1:
+          raise ValueError("empty image")
+        box = _sample_crop_box(rng, height, width, scale, ratio)
+        factor = _draft_factor(box[2], box[3], size) if draft and img.format == "JPEG" else 1
+        if factor > 1:
+          # DCT-domain downscale: libjpeg decodes at 1/factor size, and the crop there still has at least
+          # 2 * size pixels each way, so the resize below still shrinks it 2x or more (transforms._DRAFT_MARGIN).
+          img.draft(None, (width // factor, height // factor))  # None: keep the mode (exact conversions)
+        return _as_array(self._crop_resize(img, width, height, box, size))
+    except Exception as e:  # pylint: disable=broad-except
+      self._bad.add(index)
+      _log.warning("skipping undecodable image %s: %s: %s", path, type(e).__name__, e)
+      return None
+
+  def _crop_resize(self, image: Image.Image, width: int, height: int, box, size: int) -> Image.Image:
+    """Crop box (top, left, h, w) of a width x height picture, given whole as a Pillow image, possibly decoded
+    at a reduced scale; converted to self.mode (RGBX stays, for RGB), resized to size x size."""
+    top, left, h, w = box
+    sw, sh = image.size
+    if (sw, sh) == (width, height):
+      outer, inner = (left, top, left + w, top + h), None
+    else:  # the box in the smaller image is fractional: crop the enclosing pixels, resize the exact box in them
+      sx, sy = sw / width, sh / height
+      exact = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
+      outer = (math.floor(exact[0]), math.floor(exact[1]), min(sw, math.ceil(exact[2])), min(sh, math.ceil(exact[3])))
+      inner = (exact[0] - outer[0], exact[1] - outer[1], min(exact[2], outer[2]) - outer[0],
+               min(exact[3], outer[3]) - outer[1])
+    crop = image.crop(outer)
+    if not (crop.mode == "RGBX" and self.mode == "RGB"):  # RGBX resizes as RGB does; its X is dropped after
+      crop = _pil_convert(crop, self.mode)  # crop first: the conversions are per pixel, cheaper on fewer
+    return crop.resize((size, size), Image.BILINEAR, box=inner)
+
+  def load_crop(self, index: int, rng: np.random.Generator, size: int, scale=(0.3, 1.0),
+                ratio=(3 / 4, 4 / 3), draft: bool = True) -> tuple[np.ndarray, int, int]:
+    """(random resized crop uint8 [size, size, channels], label, skipped) for `index`.
+
+    The same crop box distribution and draws as `random_resized_crop(self.load(index)[0], rng, ...)` (the
+    box is drawn from the header's size), but a JPEG whose crop spans at least 4 * size pixels each way
+    is decoded at 1/2, 1/4 or 1/8 scale (keeping >= 2 * size) (libjpeg's DCT scaling) and only the crop is converted and resized
+    (draft=False: always the full decode, then pixel for pixel the per-example path). Undecodable files are replaced by the next decodable one, drawing a new box from the same rng.
+    """
+    n = len(self)
+    index = int(index) % n
+    for k in range(n):
+      j = (index + k) % n
+      if j in self._bad:
+        continue
+      arr = self._decode_crop(j, rng, size, scale, ratio, draft)
       if arr is not None:
         return arr, int(self.labels[j]), k
     raise ConfigError(f"no image under {self.directory} could be decoded: set {_IMAGE_FOLDER_HINT}.")
