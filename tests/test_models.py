@@ -488,6 +488,9 @@ def test_padding_changes_nothing_and_never_leaks(images, scan, attention):
   pv = _init(pred, 1, z, ctx, tgt)
   p = _apply(pred, pv, z, ctx, tgt)
   counts_c, counts_t = np.full(b, kc, np.int32), np.full(b, kt, np.int32)
+  # nothing padded: the masked path is the unmasked one
+  np.testing.assert_allclose(_apply(enc, ev, images, ctx, counts_c), z, atol=1e-6, rtol=0)
+  np.testing.assert_allclose(_apply(pred, pv, z, ctx, tgt, counts_c, counts_t), p, atol=1e-6, rtol=0)
   for pad_seed in (1, 2):   # two different paddings: identical real outputs
     r = np.random.default_rng(pad_seed)
     ctx_p = np.concatenate([ctx, r.integers(0, N, (b, 5)).astype(np.int32)], 1)
