@@ -16,7 +16,7 @@ from ijepa_jax.errors import ConfigError
 from ijepa_jax.evaluation import probes
 from ijepa_jax.evaluation.monitor import Monitor
 from ijepa_jax.loading import load  # noqa: F401  (train.load: notebooks and scripts call it by this name)
-from ijepa_jax.masks import MultiBlockSampler
+from ijepa_jax.mask_strategies import make_sampler
 from ijepa_jax.state import DTYPES
 from ijepa_jax.step import LOSSES, make_train_step
 
@@ -50,7 +50,7 @@ def check_accumulation(config, dp: int) -> None:
 
 
 # ============================================================================ model + state
-def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_steps: int):
+def build(config, mesh, sampler, total_steps: int, warmup_steps: int):
   """Models, optimizer, the abstract sharded TrainState, a born-sharded initializer and the jitted step."""
   d = config.data
   encoder, predictor = state_lib.models(config)
@@ -116,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -- masks and data
   grid = config.data.image_size // config.model.patch_size
-  sampler = MultiBlockSampler.from_config(config.mask, grid)
+  sampler = make_sampler(config.mask, grid)
   local_batch = config.batch_size // jax.process_count()
   if sampler.counts == "release" and local_batch % sampler.shard_size:
     raise ConfigError(f"mask.counts=release draws masks for groups of mask.reference_batch="

@@ -270,3 +270,12 @@ def test_padded_loss_is_the_mean_of_each_images_mean():
     per_image = [float(prediction_loss(preds[i:i + 1, :, :k], targets[i:i + 1, :, :k], kind)) for i, k in
                  enumerate(counts)]
     assert float(prediction_loss(preds, targets, kind, counts)) == pytest.approx(np.mean(per_image), rel=1e-6)
+
+
+# ============================================================================ the ablation's switches
+@pytest.mark.parametrize("strategy", ["rasterized", "block", "random"])
+def test_each_mask_strategy_trains_with_one_compile(tmp_path, strategy):
+  out = train.train_and_evaluate(tiny_config(total_steps=3, **{"mask.strategy": strategy}), str(tmp_path))
+  assert out["compiles"] == 1          # 3 batches of different masks, one program
+  rows = _rows(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
