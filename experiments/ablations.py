@@ -14,8 +14,8 @@ with one switch changed:
 run one after another, each `python -m ijepa_jax.main` in ROOT/<variant>. Resumable: a variant whose
 workdir holds eval.json is not rerun, a half-finished one resumes from its checkpoint (main does that).
 Then reads every eval.json and writes OUT/ablations.md (our probes next to the paper's numbers, and
-whether the paper's ordering holds here) and OUT/ablations.png. Each variant's workdir also holds the
-run's mask_examples.png, drawn from its own sampler.
+whether the paper's ordering holds here), OUT/ablations.png and OUT/ablation_masks.png (examples of each
+strategy's masks). Each variant's workdir also holds the run's mask_examples.png, drawn from its sampler.
 
 --steps overrides config.total_steps (a quick smoke run); --set passes any other override to every
 variant's config (e.g. --set=probe.max_train=600). The full run is ~5 x 19 minutes on the 2-core machine.
@@ -171,6 +171,44 @@ def _plot(ours: dict, variants, path: str) -> None:
   plt.close(fig)
 
 
+def mask_figure(path: str, grids=(7, 14), examples: int = 3, seed: int = 0) -> str:
+  """One row per masking strategy: `examples` draws on each grid (the demo's 7x7; ViT-B/16 at 224 px, the
+  paper's ablation: 14x14), context blue, each target block its own warm colour, unused patches white.
+  Drawn with the samplers the runs use (ijepa_jax.mask_strategies.make_sampler, the demo's mask config)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  import numpy as np
+  sys.path.insert(0, REPO)
+  from ijepa_jax import plots
+  from ijepa_jax.mask_strategies import make_sampler
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import fashion_mnist   # the demo's mask settings (min_keep 4, uniform corners)
+  mask_cfg = fashion_mnist.get_config().mask
+  fig, axes = plt.subplots(len(MASKING), examples * len(grids), figsize=(1.4 * examples * len(grids), 1.5 * len(MASKING)),
+                           squeeze=False)
+  for r, strategy in enumerate(MASKING):
+    mask_cfg.strategy = strategy
+    for gi, grid in enumerate(grids):
+      sampler = make_sampler(mask_cfg, grid)
+      out = sampler(np.random.default_rng([seed, r, gi]), examples)
+      colours = np.array([[1, 1, 1], [0.1, 0.3, 1.0]] + [list(c[:3]) for c in
+                         matplotlib.colormaps["autumn"](np.linspace(0, 1, sampler.num_targets))])
+      for e in range(examples):
+        ax = axes[r, gi * examples + e]
+        ax.imshow(colours[plots.mask_overlay(grid, out["context_idx"][e], out["target_idx"][e])],
+                  interpolation="nearest")
+        ax.set_xticks([]), ax.set_yticks([])
+        if e == 0:
+          ax.set_title(f"{grid}x{grid}: ctx {sampler.num_context}, {sampler.num_targets}x{sampler.num_target} tgt",
+                       fontsize=6)
+      axes[r, 0].set_ylabel(strategy, fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--root", default=os.path.join(REPO, "workdir", "ablations"), help="one workdir per variant")
@@ -190,6 +228,7 @@ def main(argv=None) -> None:
     for name in variants:
       run_variant(name, a.root, a.config, a.steps, a.set)
   write_report(a.root, a.out, list(VARIANTS), a.steps, a.set)   # every variant: those not run yet say so
+  print(f"Masks of each strategy: {mask_figure(os.path.join(a.out, 'ablation_masks.png'))}", flush=True)
 
 
 if __name__ == "__main__":

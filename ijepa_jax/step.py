@@ -87,7 +87,7 @@ def pixel_targets(images: jax.Array, target_idx: jax.Array, patch_size: int) -> 
   _, m, k = target_idx.shape
   x = jnp.take_along_axis(x, target_idx.reshape(b, m * k, 1), axis=1).reshape(b, m, k, p * p * c)
   mean = x.mean(-1, keepdims=True)
-  var = jnp.square(x - mean).sum(-1, keepdims=True) / (p * p * c - 1)
+  var = jnp.square(x - mean).sum(-1, keepdims=True) / max(p * p * c - 1, 1)
   return jax.lax.stop_gradient((x - mean) * jax.lax.rsqrt(var + 1e-6))
 
 

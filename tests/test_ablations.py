@@ -45,6 +45,7 @@ def test_two_variants_run_once_and_every_variant_is_tabled(tmp_path):
   assert list(rows) == list(ablations.VARIANTS)
   assert ("not run" in rows["multiblock"]) and all("not run" not in rows[n] for n in ("rasterized", "pixels"))
   assert (tmp_path / "out" / "ablations.png").stat().st_size > 1000
+  assert (tmp_path / "out" / "ablation_masks.png").stat().st_size > 1000
   again = _run(tmp_path)   # resumable: both have their eval.json, nothing is trained again
   assert again.returncode == 0 and again.stdout.count("done already") == 2
 
