@@ -363,6 +363,26 @@ def compare(ours: Stats, release: Stats, what: str = "release mode") -> str:
           f"truncated; +- one standard error over batches)")
 
 
+def draw_strategy(setting: Setting, strategy: str, batches: int, seed: int = 0) -> Stats:
+  """One of the ablation's mask strategies (ijepa_jax/mask_strategies.py) with the setting's config; the
+  'block extent' recorded is the first target block's bounding box (its kept tokens' rows and columns)."""
+  from ijepa_jax.mask_strategies import make_sampler
+  mask = load_config(setting.config).mask
+  mask.strategy = strategy
+  grid = setting.image_size // setting.patch_size
+  sampler = make_sampler(mask, grid)
+  stats = Stats(f"mask.strategy={strategy}", grid)
+  start = time.perf_counter()
+  for i in range(batches):
+    out = sampler(np.random.default_rng([seed, i]), setting.batch)
+    r, c = np.divmod(out["target_idx"][0, 0], grid)
+    stats.add(out["context_idx"], out["target_idx"], (int(np.ptp(r)) + 1, int(np.ptp(c)) + 1))
+  stats.seconds = time.perf_counter() - start
+  stats.note = (f"{sampler.num_context} context tokens, {sampler.num_targets} target block(s) of "
+                f"{sampler.num_target} tokens")
+  return stats
+
+
 def load_release(path: str | None):
   """(MaskCollator class, torch) from the checkout at `path`, or (None, reason)."""
   if path is None:
@@ -389,6 +409,8 @@ def main(argv=None) -> int:
   parser.add_argument("--release", default=None, help="checkout of facebookresearch/ijepa (holds src/)")
   parser.add_argument("--out", default=os.path.join("experiments", "results"), help="folder for PNGs and mask_stats.md")
   parser.add_argument("--batches", type=int, default=500, help="batches per sampler and setting")
+  parser.add_argument("--strategies", action="store_true",
+                      help="also draw the ablation's mask strategies (mask_coverage_strategies_<setting>.png)")
   parser.add_argument("--release_commit", default='52c1ae9 ("Initial commit")',
                       help="recorded when the checkout has no .git")
   args = parser.parse_args(argv)
@@ -427,6 +449,10 @@ def main(argv=None) -> int:
       notes.append("with the release's min_keep 10 the release collator never returns on this grid (target "
                    "blocks have 6-12 tokens); ours raises a ConfigError instead")
     plot_coverage(os.path.join(args.out, f"mask_coverage_{setting.name}.png"), setting, all_stats)
+    if args.strategies:
+      strategies = [draw_strategy(setting, name, args.batches) for name in ("multiblock", "rasterized", "block", "random")]
+      plot_coverage(os.path.join(args.out, f"mask_coverage_strategies_{setting.name}.png"), setting, strategies)
+      notes += [f"{st.label}: {st.note}" for st in strategies]
     plot_histograms(os.path.join(args.out, f"mask_histograms_{setting.name}.png"), setting, all_stats)
     results.append((setting, all_stats, analytic, notes))
     print(f"== {setting.title}")

@@ -283,11 +283,11 @@ def build_abstract(config):
   import jax
   import ml_collections
   from ijepa_jax import optim, sharding, train
-  from ijepa_jax.masks import MultiBlockSampler
+  from ijepa_jax.mask_strategies import make_sampler
   config = ml_collections.ConfigDict(config.to_dict())
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1))
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  sampler = MultiBlockSampler.from_config(config.mask, config.data.image_size // config.model.patch_size)
+  sampler = make_sampler(config.mask, config.data.image_size // config.model.patch_size)
   # Schedule lengths only shape the optimizer's functions, not its state: any positive values do.
   encoder, abstract_state, init, _ = train.build(config, mesh, sampler, total_steps=1, warmup_steps=0)
   return encoder, abstract_state, init, optim.make_optimizer(config.optim, 1, 0)

@@ -20,6 +20,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.warmup_epochs = 40.0
   c.warmup_steps = -1            # >= 0 overrides warmup_epochs
   c.loss = "smooth_l1"           # release: smooth_l1; paper: l2
+  c.target = "representation"    # representation (I-JEPA) | pixels: each target patch's pixels normalised per
+                                 # patch, as MAE's (the paper's Table 7 ablation; the target encoder is not run)
   c.dtype = "float32"            # float32 | bfloat16: the release's autocast (bf16 matmuls and conv, fp32
                                  # residual stream, LayerNorm, softmax and loss; fp32 params and optimizer)
   c.grad_accum_steps = 1         # > 1: the step averages gradients over this many micro-batches of the batch
@@ -52,6 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.mask = ml_collections.ConfigDict(dict(
+      # multiblock (the paper's) | rasterized | block | random: the paper's masking ablation (Table 6);
+      # see ijepa_jax/mask_strategies.py. Only multiblock reads the keys below block_scale.
+      strategy="multiblock",
+      block_scale=0.6, block_aspect=(0.75, 1.5),   # block: one target block of this scale, context its complement
+      random_ratio=0.6,          # random: this fraction of the patches the target, the rest the context
       mode="release",            # release | uniform (no corner off-by-one); see ijepa_jax/masks.py
       num_targets=4, target_scale=(0.15, 0.2), target_aspect=(0.75, 1.5),
       context_scale=(0.85, 1.0), context_aspect=(1.0, 1.0),

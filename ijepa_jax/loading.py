@@ -18,7 +18,7 @@ import ml_collections
 from ijepa_jax import checkpoint, optim, sharding, storage
 from ijepa_jax import state as state_lib
 from ijepa_jax.errors import ConfigError
-from ijepa_jax.masks import MultiBlockSampler
+from ijepa_jax.mask_strategies import make_sampler
 
 # Where each encoder lives in the TrainState: the EMA target encoder, or the trained context encoder.
 ENCODERS = {"target": ("target",), "context": ("params", "encoder")}
@@ -65,7 +65,7 @@ def load(workdir: str, step: int | None = None, devices=None):
   (default: one device). For features, `load_encoder` needs a fifth of the memory."""
   config, mesh, _, path = _prepare(workdir, step, devices)
   encoder, predictor = state_lib.models(config)
-  sampler = MultiBlockSampler.from_config(config.mask, config.data.image_size // config.model.patch_size)
+  sampler = make_sampler(config.mask, config.data.image_size // config.model.patch_size)
   # Schedule lengths only shape the optimizer's functions, not its state: any positive values do.
   init_state = state_lib.make_init(config, encoder, predictor, optim.make_optimizer(config.optim, 1, 0), sampler)
   abstract_state, _ = state_lib.abstract(jax.eval_shape(init_state, jax.random.key(config.seed)), mesh,

@@ -54,7 +54,7 @@ def _compile(config, devices, per_device_batch: int | None) -> dict:
   import jax
   import ml_collections
   from ijepa_jax import sharding, train
-  from ijepa_jax.masks import MultiBlockSampler
+  from ijepa_jax.mask_strategies import make_sampler
   config = ml_collections.ConfigDict(config.to_dict())
   mesh = sharding.make_mesh(config.mesh, devices, config.get("mesh_dcn"))
   dp = sharding.data_parallel_size(mesh)
@@ -63,7 +63,7 @@ def _compile(config, devices, per_device_batch: int | None) -> dict:
   train.check_config(config)
   train.check_accumulation(config, dp)
   d = config.data
-  sampler = MultiBlockSampler.from_config(config.mask, d.image_size // config.model.patch_size)
+  sampler = make_sampler(config.mask, d.image_size // config.model.patch_size)
   _, abstract_state, _, step = train.build(config, mesh, sampler, total_steps=1000, warmup_steps=100)
   b, batch_sharding = config.batch_size, sharding.batch_sharding(mesh)
   batch = {

@@ -19,9 +19,12 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def models(config):
-  """(encoder, predictor) of the config: the encoder module serves as the context and the target encoder."""
+  """(encoder, predictor) of the config: the encoder module serves as the context and the target encoder.
+  With config.target='pixels' the predictor projects to a patch's pixels (patch_size^2 x channels)."""
   d = config.data
-  return make_models(config.model, d.image_size, d.channels, DTYPES[config.dtype])
+  pixels = config.get("target", "representation") == "pixels"
+  out = config.model.patch_size ** 2 * d.channels if pixels else None
+  return make_models(config.model, d.image_size, d.channels, DTYPES[config.dtype], predictor_out=out)
 
 
 def init_keys(rng):

@@ -1,6 +1,9 @@
 """The I-JEPA train step: one pure function of (state, batch).
 
   targets  = LN(target_encoder(full image))[target blocks]        (no gradient)
+             or, target='pixels' (the paper's Table 7 ablation): each target patch's pixels of the normalised
+             image, normalised per patch as MAE does; the target encoder is then not run (its EMA update
+             still is: it is cheap, and the probes read the target encoder as for representation targets)
   context  = context_encoder(image tokens at context_idx)
   preds    = predictor(context, context_idx, target_idx)           (one sequence per target block)
   loss     = smooth-L1 (release) or L2 (paper) between preds and targets, mean over all elements
@@ -26,6 +29,7 @@ from flax import struct
 from ijepa_jax import optim
 
 LOSSES = ("smooth_l1", "l2")
+TARGETS = ("representation", "pixels")
 
 
 class TrainState(struct.PyTreeNode):
@@ -73,20 +77,40 @@ def target_features(encoder: nn.Module, target_params, images, target_idx) -> ja
   return jax.lax.stop_gradient(h.reshape(b, m, k, -1))
 
 
+def pixel_targets(images: jax.Array, target_idx: jax.Array, patch_size: int) -> jax.Array:
+  """Each target patch's pixels [B, M, Kt, p*p*C] (row, column, channel order), normalised over the patch's
+  p*p*C values as MAE's norm_pix_loss: (x - mean) / sqrt(var + 1e-6), var unbiased as torch's Tensor.var."""
+  b, h, w, c = images.shape
+  p = patch_size
+  x = images.astype(jnp.float32).reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, (h // p) * (w // p), p * p * c)      # tokens in the encoder's row-major order
+  _, m, k = target_idx.shape
+  x = jnp.take_along_axis(x, target_idx.reshape(b, m * k, 1), axis=1).reshape(b, m, k, p * p * c)
+  mean = x.mean(-1, keepdims=True)
+  var = jnp.square(x - mean).sum(-1, keepdims=True) / max(p * p * c - 1, 1)
+  return jax.lax.stop_gradient((x - mean) * jax.lax.rsqrt(var + 1e-6))
+
+
 def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.GradientTransformation,
                     momentum: Callable, loss: str, mean, std, skip_nonfinite: bool = False,
-                    grad_accum_steps: int = 1):
+                    grad_accum_steps: int = 1, target: str = "representation", patch_size: int = 0):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings in train.py.
 
   grad_accum_steps > 1 splits the batch into that many micro-batches, each spread over every device
   (micro-batch j holds rows j, j + k, j + 2k, ... of the batch, so no row moves between devices), and
   averages their losses and gradients in a scan: activations of one micro-batch at a time, then one
   AdamW update and one EMA update, as for the whole batch.
+  target: 'representation' (I-JEPA) or 'pixels' (pixel_targets; needs patch_size).
   """
   k = grad_accum_steps
+  if target not in TARGETS:
+    raise ValueError(f"target {target!r} is not one of {TARGETS}")
 
   def loss_and_grads(state: TrainState, images, context_idx, target_idx, context_count, target_count):
-    targets = target_features(encoder, state.target, images, target_idx)
+    if target == "pixels":
+      targets = pixel_targets(images, target_idx, patch_size)
+    else:
+      targets = target_features(encoder, state.target, images, target_idx)
 
     def loss_fn(params):
       context = encoder.apply({"params": params["encoder"]}, images, context_idx, context_count)

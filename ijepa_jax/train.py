@@ -16,9 +16,9 @@ from ijepa_jax.errors import ConfigError
 from ijepa_jax.evaluation import probes
 from ijepa_jax.evaluation.monitor import Monitor
 from ijepa_jax.loading import load  # noqa: F401  (train.load: notebooks and scripts call it by this name)
-from ijepa_jax.masks import MultiBlockSampler
+from ijepa_jax.mask_strategies import make_sampler
 from ijepa_jax.state import DTYPES
-from ijepa_jax.step import LOSSES, make_train_step
+from ijepa_jax.step import LOSSES, TARGETS, make_train_step
 
 
 # ============================================================================ config checks
@@ -31,6 +31,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"set --config.data.image_size to a multiple of {m.patch_size}.")
   if config.loss not in LOSSES:
     raise ConfigError(f"loss={config.loss!r}: use --config.loss=smooth_l1 (release) or l2 (paper).")
+  if config.get("target", "representation") not in TARGETS:
+    raise ConfigError(f"target={config.target!r} is not one of {TARGETS}: use --config.target=representation "
+                      "(I-JEPA) or pixels (the paper's ablation: MAE-style normalised patch pixels).")
   if config.dtype not in DTYPES:
     raise ConfigError(f"dtype={config.dtype!r}: use --config.dtype=float32 or bfloat16.")
   if config.batch_size <= 0:
@@ -50,7 +53,7 @@ def check_accumulation(config, dp: int) -> None:
 
 
 # ============================================================================ model + state
-def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_steps: int):
+def build(config, mesh, sampler, total_steps: int, warmup_steps: int):
   """Models, optimizer, the abstract sharded TrainState, a born-sharded initializer and the jitted step."""
   d = config.data
   encoder, predictor = state_lib.models(config)
@@ -63,7 +66,8 @@ def build(config, mesh, sampler: MultiBlockSampler, total_steps: int, warmup_ste
     init = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)
 
   step_fn = make_train_step(encoder, predictor, tx, optim.momentum_schedule(config.optim, total_steps),
-                            config.loss, d.mean, d.std, config.skip_nonfinite_steps, config.grad_accum_steps)
+                            config.loss, d.mean, d.std, config.skip_nonfinite_steps, config.grad_accum_steps,
+                            config.get("target", "representation"), config.model.patch_size)
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", *sampler.example_shapes())}
   train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
@@ -116,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -- masks and data
   grid = config.data.image_size // config.model.patch_size
-  sampler = MultiBlockSampler.from_config(config.mask, grid)
+  sampler = make_sampler(config.mask, grid)
   local_batch = config.batch_size // jax.process_count()
   if sampler.counts == "release" and local_batch % sampler.shard_size:
     raise ConfigError(f"mask.counts=release draws masks for groups of mask.reference_batch="

@@ -270,3 +270,112 @@ def test_padded_loss_is_the_mean_of_each_images_mean():
     per_image = [float(prediction_loss(preds[i:i + 1, :, :k], targets[i:i + 1, :, :k], kind)) for i, k in
                  enumerate(counts)]
     assert float(prediction_loss(preds, targets, kind, counts)) == pytest.approx(np.mean(per_image), rel=1e-6)
+
+
+# ============================================================================ the ablation's switches
+@pytest.mark.parametrize("strategy", ["rasterized", "block", "random"])
+def test_each_mask_strategy_trains_with_one_compile(tmp_path, strategy):
+  out = train.train_and_evaluate(tiny_config(total_steps=3, **{"mask.strategy": strategy}), str(tmp_path))
+  assert out["compiles"] == 1          # 3 batches of different masks, one program
+  rows = _rows(tmp_path)
+  assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_pixel_targets_train_with_one_compile(tmp_path):
+  out = train.train_and_evaluate(tiny_config(total_steps=8, target="pixels"), str(tmp_path))
+  assert out["compiles"] == 1
+  p, c = tiny_config().model.patch_size, tiny_config().data.channels
+  assert out["state"].params["predictor"]["predictor_proj"]["kernel"].shape[-1] == p * p * c
+  assert all(np.isfinite(r["loss"]) for r in _rows(tmp_path))
+
+
+def test_pixel_targets_loss_decreases_on_a_fixed_batch():
+  """2x2-pixel patches of 16 px images are near noise over 20 fresh batches of the tiny config (the loss
+  hardly moves there), so the learning check fits one batch of striped images (a patch's normalised
+  pixels are a function of its position) with its masks.""" 
+  from ijepa_jax.mask_strategies import make_sampler
+  c = tiny_config(target="pixels")
+  c.optim.lr = c.optim.start_lr = 1e-2    # Adam moves each weight ~lr per step: 60 steps of 1e-3 barely start
+  mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+  sampler = make_sampler(c.mask, c.data.image_size // c.model.patch_size)
+  _, _, init, step = train.build(c, mesh, sampler, 1000, 0)
+  batch, state, losses = _one_batch(c, sampler), init(), []
+  s = c.data.image_size
+  yy, xx = np.mgrid[:s, :s]
+  stripes = (128 + 100 * np.sin(0.9 * xx + 0.5 * yy))[None, ..., None].astype(np.uint8)
+  batch["images"] = np.repeat(stripes, c.batch_size, axis=0)
+  for _ in range(60):
+    state, m = train.run_step(step, mesh, c, state, batch)
+    losses.append(float(m["loss"]))
+  assert all(np.isfinite(losses)) and np.mean(losses[-3:]) < 0.7 * losses[0]
+
+
+def _one_batch(c, sampler, seed=0):
+  rng = np.random.default_rng(seed)
+  b, s = c.batch_size, c.data.image_size
+  return {"images": rng.integers(0, 256, (b, s, s, c.data.channels), dtype=np.uint8),
+          "skipped": np.zeros(b, np.int32), **sampler(rng, b)}
+
+
+def test_pixel_targets_do_not_run_the_target_encoder():
+  """A NaN target encoder changes nothing in a pixel-target step's loss (it would poison a representation one)."""
+  from ijepa_jax.mask_strategies import make_sampler
+  losses = {}
+  for target in ("pixels", "representation"):
+    c = tiny_config(target=target)
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+    sampler = make_sampler(c.mask, c.data.image_size // c.model.patch_size)
+    _, _, init, step = train.build(c, mesh, sampler, 12, 3)
+    batch = _one_batch(c, sampler)
+    state = init()
+    clean = float(train.run_step(step, mesh, c, state, batch)[1]["loss"])
+    state = init()
+    state = state.replace(target=jax.tree.map(lambda t: t * np.nan, state.target))
+    losses[target] = (clean, float(train.run_step(step, mesh, c, state, batch)[1]["loss"]))
+  assert losses["pixels"][0] == losses["pixels"][1] and np.isfinite(losses["pixels"][0])
+  assert np.isfinite(losses["representation"][0]) and np.isnan(losses["representation"][1])
+
+
+def test_pixel_targets_are_each_patchs_pixels_normalised_as_mae():
+  from ijepa_jax.step import pixel_targets
+  rng = np.random.default_rng(0)
+  b, g, p, c = 2, 3, 4, 3
+  images = rng.normal(size=(b, g * p, g * p, c)).astype(np.float32)
+  target_idx = rng.integers(0, g * g, (b, 2, 5)).astype(np.int32)
+  got = np.asarray(pixel_targets(images, target_idx, p))
+  assert got.shape == (b, 2, 5, p * p * c)
+  for i in range(b):
+    for j in range(2):
+      for k in range(5):
+        row, col = divmod(int(target_idx[i, j, k]), g)
+        x = images[i, row * p:(row + 1) * p, col * p:(col + 1) * p].reshape(-1).astype(np.float64)
+        want = (x - x.mean()) / np.sqrt(x.var(ddof=1) + 1e-6)   # MAE: torch's unbiased var, eps 1e-6
+        np.testing.assert_allclose(got[i, j, k], want, rtol=1e-5, atol=1e-5)
+
+
+def test_the_default_switches_are_bit_identical_to_a_config_without_them():
+  """mask.strategy=multiblock and target=representation, written out or absent (a config from before the
+  switches): the same masks, the same loss and the same weights after two steps, bit for bit."""
+  import ml_collections
+  from ijepa_jax.mask_strategies import make_sampler
+  explicit = tiny_config(target="representation", **{"mask.strategy": "multiblock"})
+  bare = ml_collections.ConfigDict(tiny_config().to_dict())
+  del bare["target"], bare.mask["strategy"]
+  results = []
+  for c in (explicit, bare):
+    mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
+    sampler = make_sampler(c.mask, c.data.image_size // c.model.patch_size)
+    assert isinstance(sampler, MultiBlockSampler)
+    _, _, init, step = train.build(c, mesh, sampler, 12, 3)
+    state, losses = init(), []
+    for seed in (0, 1):
+      state, m = train.run_step(step, mesh, c, state, _one_batch(c, sampler, seed))
+      losses.append(float(m["loss"]))
+    results.append((losses, jax.tree.map(np.asarray, (state.params, state.target))))
+  assert results[0][0] == results[1][0]
+  jax.tree.map(np.testing.assert_array_equal, results[0][1], results[1][1])
+
+
+def test_an_unknown_target_is_a_config_error(tmp_path):
+  with pytest.raises(ConfigError, match="representation.*pixels"):
+    train.train_and_evaluate(tiny_config(target="pixel"), str(tmp_path))

@@ -22,7 +22,7 @@ def _override(model_cfg, key: str, default: int) -> int:
   return int(value)
 
 
-def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
+def make_models(model_cfg, image_size: int, channels: int, dtype: Any, predictor_out: int | None = None):
   """Build (encoder, predictor) from a `model` ConfigDict.
 
   Keys: name (VIT_SIZES key), patch_size, optional width / depth / num_heads /
@@ -30,7 +30,8 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
   predictor_depth (12), predictor_heads (-1 = encoder heads), remat (a REMAT_POLICIES key;
   True / False, as older configs have it, mean 'full' / 'none'), attention ('xla' | 'cudnn'),
   scan_layers (False; missing in older configs: the blocks under one nn.scan, see vit.run_blocks).
-  The encoder is used for both the context and the target encoder.
+  The encoder is used for both the context and the target encoder. predictor_out: the predictor's
+  output width (None: the encoder's width; patch_size^2 x channels for pixel targets).
   """
   name = model_cfg.get("name", None)
   if name not in VIT_SIZES:
@@ -108,6 +109,7 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any):
     grid=image_size // patch_size,
     embed_width=width,
     width=pred_width,
+    out_width=predictor_out,
     depth=pred_depth,
     num_heads=pred_heads,
     mlp_dim=None,

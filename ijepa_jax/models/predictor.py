@@ -22,7 +22,9 @@ class Predictor(nn.Module):
   """Predicts target-encoder features at target positions from context tokens.
 
   __call__(context [B, Kc, D], context_idx int32 [B, Kc], target_idx int32 [B, M, Kt],
-           context_count int32 [B] | None, target_count int32 [B] | None) -> [B, M, Kt, D]
+           context_count int32 [B] | None, target_count int32 [B] | None) -> [B, M, Kt, out_width]
+  out_width: the output projection's width, by default the encoder's (`embed_width`, representation
+  targets); patch_size^2 x channels for pixel targets (config.target='pixels').
   Each of the M target blocks is its own sequence (context + its mask tokens),
   so target blocks never attend to one another. With counts, only the first context_count[b] context
   tokens and target_count[b] tokens of each block are real: padding is never attended to, and the
@@ -37,6 +39,7 @@ class Predictor(nn.Module):
   grid: int
   embed_width: int
   width: int = 384
+  out_width: int | None = None   # None: embed_width
   depth: int = 12
   num_heads: int = 16
   mlp_dim: int | None = None
@@ -80,5 +83,6 @@ class Predictor(nn.Module):
                       num_heads=self.num_heads, mlp_dim=mlp_dim, dtype=self.dtype, attention=self.attention)
     x = layer_norm("predictor_norm")(x)
     x = x[:, kc:]
-    x = dense(self.embed_width, ("embed", "embed_out"), ("embed_out",), self.dtype, "predictor_proj")(x)
-    return x.reshape(b, m, kt, self.embed_width)
+    out = self.embed_width if self.out_width is None else self.out_width
+    x = dense(out, ("embed", "embed_out"), ("embed_out",), self.dtype, "predictor_proj")(x)
+    return x.reshape(b, m, kt, out)
