@@ -296,13 +296,18 @@ class ImageFolder:
 
   def load(self, index: int, draft_size: int | None = None) -> tuple[np.ndarray, int, int]:
     """(image uint8 [h, w, channels], label, skipped) for `index`, replacing undecodable files."""
+    return self._first_decodable(index, lambda j: self._decode(j, draft_size))
+
+  def _first_decodable(self, index: int, decode) -> tuple[np.ndarray, int, int]:
+    """(decode(j), label of j, k) for the first j = index + k (cyclically) that decodes: an undecodable
+    file is replaced by the next one, and `skipped` counts how many were passed over."""
     n = len(self)
     index = int(index) % n
     for k in range(n):
       j = (index + k) % n
       if j in self._bad:
         continue
-      arr = self._decode(j, draft_size)
+      arr = decode(j)
       if arr is not None:
         return arr, int(self.labels[j]), k
     raise ConfigError(f"no image under {self.directory} could be decoded: set {_IMAGE_FOLDER_HINT}.")
@@ -366,19 +371,11 @@ class ImageFolder:
 
     The same crop box distribution and draws as `random_resized_crop(self.load(index)[0], rng, ...)` (the
     box is drawn from the header's size), but a JPEG whose crop spans at least 4 * size pixels each way
-    is decoded at 1/2, 1/4 or 1/8 scale (keeping >= 2 * size) (libjpeg's DCT scaling) and only the crop is converted and resized
-    (draft=False: always the full decode, then pixel for pixel the per-example path). Undecodable files are replaced by the next decodable one, drawing a new box from the same rng.
+    is decoded at 1/2, 1/4 or 1/8 scale (keeping >= 2 * size; libjpeg's DCT scaling) and only the crop
+    is converted and resized (draft=False: always the full decode, then pixel for pixel the per-example
+    path). Undecodable files are replaced by the next decodable one, drawing a new box from the same rng.
     """
-    n = len(self)
-    index = int(index) % n
-    for k in range(n):
-      j = (index + k) % n
-      if j in self._bad:
-        continue
-      arr = self._decode_crop(j, rng, size, scale, ratio, draft)
-      if arr is not None:
-        return arr, int(self.labels[j]), k
-    raise ConfigError(f"no image under {self.directory} could be decoded: set {_IMAGE_FOLDER_HINT}.")
+    return self._first_decodable(index, lambda j: self._decode_crop(j, rng, size, scale, ratio, draft))
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     arr, label, skipped = self.load(index)
