@@ -324,7 +324,13 @@ def write_markdown(path: str, results, header: list[tuple[str, str]], command: s
             "fixes the counts: `num_target` = the smallest block area, `num_context` = floor of the mean "
             "truncated length over 64 simulated batches of `reference_batch` images (ijepa_jax/masks.py). "
             "`counts=release` keeps the release's counts (whole blocks, each batch's shortest context) at "
-            "padded static shapes; its rows are over the real tokens.", ""]
+            "padded static shapes; its rows are over the real tokens.", "",
+            "Defaults, fidelity first and cost second: the four ImageNet configs use `counts=release` (the "
+            "release's masks, matched below within sampling error), with `num_context` capped above the longest "
+            "truncated context seen in simulation (ViT-H/14: 128 of 225; cuts, if any, are logged), which costs "
+            "1.43x the FLOPs per image of `counts=fixed` on ViT-H/14 (experiments/results/mask_cost.md); the "
+            "demo keeps `counts=fixed` (its 7x7 grid cannot run the release's settings, and it is the CPU "
+            "figure of merit).", ""]
   for setting, all_stats, analytic, notes in results:
     lines += [f"## {setting.title}", "",
               f"Batch {setting.batch}. Analytic mean target block (uniform draw, release clamp): "
