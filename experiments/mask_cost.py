@@ -169,6 +169,8 @@ def main(argv):
                f"{real_tgt:.1f} | {analytic_real:.4g} | {analytic_real / analytic['fixed']:.2f} |")
   lines.append("")
   print("\n".join(lines), flush=True)
+  save = lambda: open(_OUT.value, "w").write("\n".join(lines))   # after each section: a stopped run keeps them
+  save()
 
   if _TOPOLOGY.value:
     le, lp = enc.depth, pred.depth
@@ -183,6 +185,7 @@ def main(argv):
                    f"{full[mode] / full.get('fixed', full[mode]):.2f} |")
       print(lines[-1], flush=True)
     lines.append("")
+    save()
   if _TPU_MEMORY.value:
     lines += [f"## TPU compiler memory per device ({_TPU_MEMORY.value}, batch {config.batch_size}, scan_layers=True, "
               "remat=dots)", "", "| mode | temp | peak | compile |", "|---|---|---|---|"]
@@ -196,6 +199,7 @@ def main(argv):
                    f"{peak.group(1).strip() if peak else '-'} | {float(secs.group(2)):.0f} s |")
       print(lines[-1], flush=True)
     lines.append("")
+    save()
   if _CPU_MODEL.value:
     c = config.copy_and_resolve_references()
     c.model.name, c.model.predictor_width, c.model.predictor_depth = _CPU_MODEL.value, 96, 2
