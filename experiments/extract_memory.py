@@ -87,13 +87,20 @@ def main() -> None:
   parser.add_argument("--before", default=None, help="a commit to measure too (the code before the change)")
   parser.add_argument("--workdir", default=None, help="reuse (or write) the checkpoint here")
   parser.add_argument("--note", default="", help="a line for the results file")
+  parser.add_argument("--write_only", action="store_true", help="write --workdir's checkpoint and stop")
   a = parser.parse_args()
+  if a.write_only:
+    make_workdir(a.model, a.workdir)
+    return
   import numpy as np
   tmp = tempfile.mkdtemp(prefix="extract_memory_")
   workdir = a.workdir or os.path.join(tmp, a.model)
   if not os.path.exists(os.path.join(workdir, "config.json")):
     t = time.perf_counter()
-    make_workdir(a.model, workdir)
+    # In a child process: a forked child's ru_maxrss counts the parent's pages until its exec, so this
+    # process must stay small (writing a ViT-H/14 train state here once made every extract read 20 GiB).
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--write_only", f"--model={a.model}",
+                    f"--workdir={workdir}"], check=True)
     print(f"wrote {workdir} in {time.perf_counter() - t:.0f} s", flush=True)
   import json
   size = json.load(open(os.path.join(workdir, "config.json")))["data"]["image_size"]
