@@ -231,8 +231,7 @@ def _compile(config, mesh, sampler):
   b, s, c = config.batch_size, config.data.image_size, config.data.channels
   spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh))
   batch = {"images": spec((b, s, s, c), np.uint8), "skipped": spec((b,), np.int32),
-           "context_idx": spec((b, sampler.num_context), np.int32),
-           "target_idx": spec((b, sampler.num_targets, sampler.num_target), np.int32)}
+           **{k: spec((b, *shape), np.int32) for k, shape in sampler.example_shapes().items()}}
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
     t0 = time.perf_counter()
     lowered = train_step.lower(abstract_state, batch)
@@ -588,7 +587,7 @@ def main(argv):
   from ijepa_jax import train
   from ijepa_jax.errors import ConfigError
   from ijepa_jax.flops import config_flops
-  from ijepa_jax.masks import MultiBlockSampler
+  from ijepa_jax.mask_strategies import make_sampler
   from ijepa_jax.models import make_models
 
   config = _CONFIG.value
@@ -598,7 +597,7 @@ def main(argv):
   try:
     train.check_config(config)
     grid = config.data.image_size // config.model.patch_size
-    sampler = MultiBlockSampler.from_config(config.mask, grid)
+    sampler = make_sampler(config.mask, grid)
     enc, pred = make_models(config.model, config.data.image_size, config.data.channels, train.DTYPES[config.dtype])
     flops = config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)
     batch = f"per-device batch {','.join(_FIT_BATCH.value)} (the first that fits)" if _FIT_BATCH.value else \

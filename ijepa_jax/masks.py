@@ -129,13 +129,13 @@ class MultiBlockSampler:
             f"{100 * valid_fraction:.0f}% of images once {self.num_targets} target blocks of scale "
             f"{self.target_scale} are removed: lower --config.mask.num_targets or --config.mask.target_scale, "
             f"or {fix}.")
+      # A cap at or above the longest context the grid allows cuts nothing: it is that length (so a
+      # paper config's cap stays harmless when its image size or patch is overridden).
       longest = self.max_context
-      if self.num_context > longest:
-        raise ConfigError(f"mask.num_context={self.num_context} is more than the longest context the sampler can "
-                          f"draw ({longest} tokens): leave it at -1 for the release's exact counts.")
       if 0 < self.num_context <= self.min_keep:
         raise ConfigError(f"mask.num_context={self.num_context} must be above mask.min_keep={self.min_keep}.")
-      return dataclasses.replace(self, num_context=int(self.num_context if self.num_context > 0 else longest))
+      return dataclasses.replace(self, num_context=int(min(self.num_context, longest) if self.num_context > 0
+                                                       else longest))
     num_context = self.num_context if self.num_context > 0 else mean_shortest
     if num_context <= self.min_keep or valid_fraction < 0.05:
       raise ConfigError(

@@ -224,7 +224,8 @@ def test_release_counts_cap_and_errors():
   np.testing.assert_array_equal(out["context_count"] + out["context_cut"], full["context_count"])
   assert out["context_cut"].any() and (out["context_cut"][out["context_count"] < 80] == 0).all()
   np.testing.assert_array_equal(out["context_idx"], full["context_idx"][:, :80])
-  with pytest.raises(ConfigError, match="more than the longest context"):
-    _release_counts(num_context=300)
+  assert _release_counts(num_context=300).num_context == 225   # above the longest: no cap, never cut
+  with pytest.raises(ConfigError, match="must be above mask.min_keep"):
+    _release_counts(num_context=10)
   with pytest.raises(ConfigError, match="mask.counts='exact' is not one of"):
     MultiBlockSampler(grid=16, counts="exact").resolved()
