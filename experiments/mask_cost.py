@@ -139,6 +139,7 @@ def main(argv):
   import jax
   import jax.numpy as jnp
   from ijepa_jax import flops
+  from ijepa_jax.memory import parse_tpu_text
   from ijepa_jax.masks import MultiBlockSampler
   from ijepa_jax.models import make_models
   config = _CONFIG.value
@@ -190,13 +191,12 @@ def main(argv):
     lines += [f"## TPU compiler memory per device ({_TPU_MEMORY.value}, batch {config.batch_size}, scan_layers=True, "
               "remat=dots)", "", "| mode | temp | peak | compile |", "|---|---|---|---|"]
     for mode, overrides in modes():
-      out = memory_cli(overrides, _TPU_MEMORY.value, "--config.model.scan_layers=True", "--config.model.remat=dots")
-      temp = re.search(r"\| temp \([^|]*\| ([^|]+) \|", out)
-      peak = re.search(r"\| peak [^|]*\| ([^|]+) \|", out)
-      secs = re.search(r"lower ([\d.]+) s, compile ([\d.]+) s", out)
-      need = re.search(r"temporaries alone need ([\d.]+ [GMK]iB)", out)
-      lines.append(f"| {mode} | {temp.group(1).strip() if temp else need.group(1) + ' (refused)'} | "
-                   f"{peak.group(1).strip() if peak else '-'} | {float(secs.group(2)):.0f} s |")
+      r = parse_tpu_text(memory_cli(overrides, _TPU_MEMORY.value, "--config.model.scan_layers=True",
+                                  "--config.model.remat=dots"))
+      refused = r["peak"] is None   # the compiler's RESOURCE_EXHAUSTED: temp is what it said it needs
+      peak = "-" if refused else f"{r['peak']:.2f} GiB"
+      lines.append(f"| {mode} | {r['temp']:.2f} GiB{' (refused)' if refused else ''} | {peak} | "
+                   f"{r['compile_s']:.0f} s |")
       print(lines[-1], flush=True)
     lines.append("")
     save()

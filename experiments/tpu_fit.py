@@ -48,11 +48,6 @@ HEADER = ("| config | slice | remat | per-device batch | temp | peak | HBM | fit
           "|---|---|---|---|---|---|---|---|---|\n")
 
 
-def _gib(text: str) -> float:
-  value, unit = text.split()
-  return float(value) * {"GiB": 1, "MiB": 2 ** -10, "KiB": 2 ** -20}[unit]
-
-
 def compile_once(config: str, slice_name: str, remat: str, batch: int | None = None,
                  per_device_batch: int | None = None, num_slices: int = 1) -> dict:
   """One `python -m ijepa_jax.memory` run: {'temp', 'peak' (None when the compiler ran out of HBM and
@@ -62,14 +57,11 @@ def compile_once(config: str, slice_name: str, remat: str, batch: int | None = N
   cmd += [f"--per_device_batch={per_device_batch}"] if per_device_batch else [f"--config.batch_size={batch}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   out = proc.stdout
-  refused = re.search(r"temporaries alone need ([\d.]+ [GMK]iB)", out)   # RESOURCE_EXHAUSTED while compiling
-  if proc.returncode != 0 or ("| peak" not in out and not refused):
+  if proc.returncode != 0 or ("| peak" not in out and "temporaries alone need" not in out):
     return {"error": (proc.stderr or out).strip().splitlines()[-1][:200]}
-  row = {"temp": _gib(refused.group(1)) if refused else
-         _gib(re.search(r"\| temp \([^|]*\| ([^|]+) \|", out).group(1)),
-         "peak": None if refused else _gib(re.search(r"\| peak [^|]*\| ([^|]+) \|", out).group(1)),
-         "fits": bool(re.search(r"^fits:", out, re.M)),
-         "per_device": int(re.search(r"\((\d+) per device\)", out).group(1))}
+  from ijepa_jax.memory import parse_tpu_text
+  row = parse_tpu_text(out)
+  row["per_device"] = int(re.search(r"\((\d+) per device\)", out).group(1))
   m = re.search(r"lower ([\d.]+) s, compile ([\d.]+) s", out)
   row["seconds"] = f"{float(m.group(1)):.0f} + {float(m.group(2)):.0f} s"
   return row
@@ -124,6 +116,7 @@ def largest_batches(out: str) -> None:
   with the batch, so two compiles (the batch of --batch and 4x it) give a line, its crossing with the
   HBM a guess, and compiles in steps of 1/16 of the guess walk from there to the last batch that fits."""
   from ijepa_jax import tpu_topologies
+  from ijepa_jax.memory import parse_gib
   if not os.path.exists(out):
     with open(out, "w") as f:
       f.write("# Largest per-device batch per paper config and slice (TPU compiler, compile only)\n\n"
@@ -135,13 +128,12 @@ def largest_batches(out: str) -> None:
       slice_ = tpu_topologies.parse(name)
       hbm = slice_.hbm_bytes / tpu_topologies.GIB
       for remat in _REMATS.value:
-        key = lambda p: f"| {config} | {name} | {remat} | {p} |"
         rows = {}
         for line in open(out).read().splitlines():   # resume: the compiles already recorded
           m = re.match(re.escape(f"| {config} | {name} | {remat} |") + r" (\d+) \| ([^|]+) \| ([^|]+) \|[^|]+\| (yes|no) \|", line)
           if m:
-            rows[int(m.group(1))] = {"peak": None if "refused" in m.group(3) else _gib(m.group(3).strip()),
-                                     "temp": _gib(m.group(2).split(" (")[0].strip()), "fits": m.group(4) == "yes"}
+            rows[int(m.group(1))] = {"peak": None if "refused" in m.group(3) else parse_gib(m.group(3).strip()),
+                                     "temp": parse_gib(m.group(2).split(" (")[0].strip()), "fits": m.group(4) == "yes"}
 
         def run(p):
           if p not in rows:

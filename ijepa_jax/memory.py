@@ -387,6 +387,24 @@ def tpu_text(config, r: dict, libtpu_version: str) -> str:
   return "\n".join(lines)
 
 
+def parse_gib(text: str) -> float:
+  """'1.5 GiB' / '20.5 MiB' / '3.0 KiB' (as _fmt writes them) -> GiB."""
+  value, unit = text.split()
+  return float(value) * {"GiB": 1, "MiB": 2 ** -10, "KiB": 2 ** -20}[unit]
+
+
+def parse_tpu_text(out: str) -> dict:
+  """tpu_text read back (for scripts that run the CLI in a subprocess, as experiments/ do): {'temp', 'peak' (None when the
+  compiler refused the step: RESOURCE_EXHAUSTED, then 'temp' is what it said it needs), 'fits',
+  'compile_s'}, bytes in GiB."""
+  refused = re.search(r"temporaries alone need ([\d.]+ [GMK]iB)", out)
+  return {"temp": parse_gib(refused.group(1)) if refused else
+          parse_gib(re.search(r"\| temp \([^|]*\| ([^|]+) \|", out).group(1)),
+          "peak": None if refused else parse_gib(re.search(r"\| peak [^|]*\| ([^|]+) \|", out).group(1)),
+          "fits": bool(re.search(r"^fits:", out, re.M)),
+          "compile_s": float(re.search(r"compile ([\d.]+) s", out).group(1))}
+
+
 # ============================================================================ CLI
 def _usage_error(message: str) -> None:
   print(f"error: {message}", file=sys.stderr)

@@ -195,6 +195,9 @@ def test_memory_cli_tpu_mode_prints_the_table_and_what_to_change_when_it_does_no
   line = [x for x in out.splitlines() if x.startswith("does not fit")][0]
   assert "--config.model.remat=full" in line and "--config.grad_accum_steps=2" in line
   assert "--topology=v5litepod-8" in line and "--per_device_batch=2" in line
+  from ijepa_jax.memory import parse_tpu_text
+  r = parse_tpu_text(out)
+  assert r["peak"] > r["temp"] > 0 and not r["fits"] and r["compile_s"] > 0
   assert "TPU_ACCELERATOR_TYPE" not in proc.stderr and "TPU_WORKER_HOSTNAMES" not in proc.stderr
 
 
@@ -210,6 +213,9 @@ def test_memory_cli_tpu_mode_says_does_not_fit_when_the_compiler_runs_out_of_hbm
   line = [x for x in out.splitlines() if x.startswith("does not fit")][0]
   assert "the TPU compiler ran out of HBM: temporaries alone need" in line and "(16.00 GiB HBM per chip)" in line
   assert "--config.model.remat=full" in line and "--topology=v5litepod-8" in line and "--per_device_batch=2048" in line
+  from ijepa_jax.memory import parse_tpu_text   # what experiments/ read back from the CLI
+  r = parse_tpu_text(out)
+  assert r["peak"] is None and not r["fits"] and r["temp"] > 16 and r["compile_s"] > 0
 
 
 def test_out_of_memory_report_reads_the_compilers_figures():
