@@ -1,7 +1,7 @@
 """Evaluate a checkpoint's frozen target encoder next to its floors:
 
   python -m ijepa_jax.evaluate --checkpoint=WORKDIR [--config=configs/NAME.py] \
-      [--eval=linear,lowshot,knn,attentive] [--step=N] [--config.probe.max_train=N ...]
+      [--eval=linear,lowshot,knn,attentive] [--step=N] [--out=DIR] [--config.probe.max_train=N ...]
 
 Feature sets, all through the same probes: the target encoder (average-pooled patch tokens of the last
 layer, and of the last 4 layers concatenated), the same encoder at its random initialisation, and raw
@@ -9,8 +9,8 @@ pixels. Probes: `linear` (logistic regression on standardised features, penalty 
 train, refit), `lowshot` (the same on 1% of the labels, 3 draws), `knn` (cosine, k=20, T=0.07), and
 `attentive` (a learned query cross-attending over the last layer's patch tokens, then linear; for the
 two encoders, not raw pixels).
-Writes WORKDIR/eval.json and WORKDIR/eval.md and prints the table; features are cached in
-WORKDIR/eval_cache/<step>/. The demo (configs/fashion_mnist.py) runs this after pretraining.
+Writes WORKDIR/eval.json and WORKDIR/eval.md (or --out's) and prints the table; features are cached in
+WORKDIR/eval_cache/<step>/ (or --out's). The demo (configs/fashion_mnist.py) runs this after pretraining.
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def main(argv):
           _CONFIG.value.data.path, _CONFIG.value.data.split, _CONFIG.value.data.eval_split)
     mesh = sharding.make_mesh(config.mesh, jax.local_devices())
     initial = state.initial_encoder_params(config, encoder) if config.probe.random_init_baseline else None
-    run(config, encoder, target, initial, mesh, _CHECKPOINT.value, evals, step)
+    run(config, encoder, target, initial, mesh, _OUT.value or _CHECKPOINT.value, evals, step)
   except (ConfigError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -57,6 +57,8 @@ if __name__ == "__main__":
   _EVAL = flags.DEFINE_string("eval", None, f"Comma-separated evaluations from {','.join(EVALS)} (default: the "
                               "config's probe.evals, which leaves out the slow attentive probe).")
   _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+  _OUT = flags.DEFINE_string("out", None, "Directory (local or gs://) for eval.json, eval.md and the feature "
+                             "cache (default: the checkpoint's workdir, whose eval.json is then replaced).")
   flags.mark_flags_as_required(["checkpoint"])
   app.run(main, flags_parser=flags_parser(
       "python -m ijepa_jax.evaluate --checkpoint=WORKDIR [--config=configs/NAME.py] "

@@ -5,14 +5,11 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import REPO, TINY_CLI
 
-TINY = ["batch_size=16", "warmup_steps=1", "data.image_size=16", "model.patch_size=2", "model.width=32",
-        "model.depth=1", "model.num_heads=2", "model.mlp_dim=64", "model.predictor_width=16",
-        "model.predictor_depth=1", "model.predictor_heads=2", "mask.reference_batch=16", "log_every=1",
-        "checkpoint_every=2", "cpu_devices=1", "probe.max_train=300", "probe.weight_decays=(0.01,)",
-        "probe.lowshot_seeds=(0,)", "probe.evals=('lowshot',)", "probe.monitor_every=0", "probe.random_init_baseline=False",
-        "probe.raw_pixels_baseline=False", "write_plots=False"]
+TINY = TINY_CLI + ["probe.max_train=300", "probe.weight_decays=(0.01,)", "probe.lowshot_seeds=(0,)",
+                   "probe.evals=('lowshot',)", "probe.monitor_every=0", "probe.random_init_baseline=False",
+                   "probe.raw_pixels_baseline=False"]
 SCRIPT = os.path.join(REPO, "experiments", "ablations.py")
 
 
