@@ -46,8 +46,8 @@ def test_peak_flags_conflict_is_one_line():
 
 
 def test_input_pipeline_benchmark_writes_results(tmp_path):
-  """experiments/input_pipeline.py, ours only on a few generated JPEGs: the rates, the cores-per-host table
-  and the exact command land in the results file; a wrong --reference is one line."""
+  """experiments/input_pipeline.py, ours only on a few generated JPEGs: the rates, the cores-per-host table,
+  the per-stage times and the exact command land in the results file; a wrong --reference is one line."""
   out, cache = tmp_path / "input_pipeline.md", tmp_path / "jpegs"
   args = [sys.executable, "experiments/input_pipeline.py", "--images=24", "--batch=4", "--batches=2", "--warmup=1",
           "--rounds=1", "--workers=0", f"--cache={cache}", f"--out={out}"]
@@ -66,6 +66,10 @@ def test_input_pipeline_benchmark_writes_results(tmp_path):
   assert abs(float(cores.group(1)) / flops - 1) < 1e-3, (cores.group(1), flops)
   assert int(cores.group(2)) == round(0.5 * 459e12 / flops) and int(cores.group(3)) == round(4 * 0.5 * 459e12 / flops)
   assert len(list(cache.rglob("*.JPEG"))) == 24
+  stage = dict(re.findall(r"^\| ([^|]+?) \| ([0-9.]+) \|$", written, re.MULTILINE))   # where the time goes
+  for name in ("decode, Pillow (release)", "crop + resize (both)", "ours, load_crop end to end"):
+    assert float(stage[name]) > 0, written
+  assert float(stage["ours, load_crop end to end"]) > float(stage["crop + resize (both)"])
   proc = subprocess.run([*args, f"--reference={tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=60)
   assert proc.returncode == 2 and "not a facebookresearch/ijepa checkout" in proc.stderr
   assert "Traceback" not in proc.stderr
