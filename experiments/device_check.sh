@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared device check: one command on a lent GPU machine (no package registry there), ~8 minutes.
+# The prepared device check: one command on a lent GPU machine (no package registry there), ~9 minutes.
 #
 #   make device-wheels                    # here, once: the wheels the GPU machine lacks -> experiments/wheels/
 #   bash experiments/device_check.sh      # there, from the repository root (carry experiments/wheels)
@@ -11,8 +11,10 @@
 #    (CHIP_PEAK_TFLOPS in benchmark.py), compile time, the compiled step's memory and the device's peak:
 #      a. ViT-H/14 bf16 (configs/vit_h14.py) with model.attention=xla at the largest per-device batch of
 #         $FIT that the compiler says fits;
-#      b. the same batch with model.attention=cudnn (cuDNN's fused attention);
-#      c. ViT-B/16 bf16 (predictor depth 6, the paper's) with the first step's loss in bf16 and in fp32.
+#      b. the same batch with model.scan_layers=True, model.remat=dots (the layer scan: ~1 minute's compile
+#         on TPU instead of ~15, the same memory as (a) there; its step time against (a) decides the default);
+#      c. the same batch with model.attention=cudnn (cuDNN's fused attention);
+#      d. ViT-B/16 bf16 (predictor depth 6, the paper's) with the first step's loss in bf16 and in fp32.
 # SMOKE=1 shrinks every model to seconds: tests/test_device_check.py runs the script that way on CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +76,9 @@ bench "ViT-H/14 bf16, attention=xla, per-device batch: the largest of $FIT that 
   --config=configs/vit_h14.py --config.model.attention=xla --fit_batch="$FIT" "${COMMON[@]}"
 # The batch the first run timed: its section's heading ends in "batch N" (global = per device x devices).
 batch=$(grep -o 'batch [0-9]*$' "$OUT" | tail -n 1 | cut -d' ' -f2)
+bench "ViT-H/14 bf16, scan_layers=True remat=dots, global batch $batch" \
+  --config=configs/vit_h14.py --config.model.attention=xla --config.model.scan_layers=True \
+  --config.model.remat=dots --config.batch_size="$batch" "${COMMON[@]}"
 bench "ViT-H/14 bf16, attention=cudnn, global batch $batch" \
   --config=configs/vit_h14.py --config.model.attention=cudnn --config.batch_size="$batch" "${COMMON[@]}"
 bench "ViT-B/16 bf16, attention=xla, bf16 vs fp32 first-step loss" \

@@ -13,20 +13,21 @@ def _run(tmp_path, **env):
   return subprocess.run(["bash", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_device_check_runs_its_three_benchmarks(tmp_path):
+def test_device_check_runs_its_four_benchmarks(tmp_path):
   proc = _run(tmp_path, SMOKE="1")
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   out = proc.stdout
   assert "== device" in out and "jax " in out and "== done in" in out
   text = (tmp_path / "device_check.md").read_text()
   sections = text.split("\n## ")[1:]
-  assert len(sections) == 3, text
-  xla, cudnn, vitb = sections
+  assert len(sections) == 4, text
+  xla, scan, cudnn, vitb = sections
   assert "--config.model.attention=xla" in xla and "--fit_batch=8,4" in xla
-  # the first run's timed batch (per device 8 x the devices) is what the second and third run
+  # the first run's timed batch (per device 8 x the devices) is what the others run
   batch = xla.split("\n", 1)[0].rsplit("batch ", 1)[1]
   assert cudnn.split("\n", 1)[0].endswith(f"batch {batch}") and vitb.split("\n", 1)[0].endswith(f"batch {batch}")
   assert "--config.model.attention=cudnn" in cudnn
+  assert "--config.model.scan_layers=True --config.model.remat=dots" in scan and scan.split("\n", 1)[0].endswith(f"batch {batch}")
   assert "first step's loss, bfloat16 / float32" in vitb
   for s in sections:
     assert "| images/s |" in s and "| memory per device" in s and "dtype bfloat16" in s
