@@ -46,11 +46,12 @@ def tiny_config(**overrides):
 
 
 # The same tiny run as `--config.KEY=VALUE` overrides of configs/fashion_mnist.py, for the experiment scripts'
-# end-to-end tests (each adds its probe settings).
+# end-to-end tests (each adds which probes run), with probes cut to seconds.
 TINY_CLI = ["batch_size=16", "warmup_steps=1", "data.image_size=16", "model.patch_size=2", "model.width=32",
             "model.depth=1", "model.num_heads=2", "model.mlp_dim=64", "model.predictor_width=16",
             "model.predictor_depth=1", "model.predictor_heads=2", "mask.reference_batch=16", "log_every=1",
-            "checkpoint_every=2", "cpu_devices=1", "write_plots=False"]
+            "checkpoint_every=2", "cpu_devices=1", "write_plots=False", "probe.max_train=300",
+            "probe.weight_decays=(0.01,)", "probe.lowshot_seeds=(0,)"]
 
 
 # --------------------------------------------------------------------------------- Cloud Storage, on loopback

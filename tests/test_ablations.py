@@ -7,8 +7,7 @@ import sys
 
 from conftest import REPO, TINY_CLI
 
-TINY = TINY_CLI + ["probe.max_train=300", "probe.weight_decays=(0.01,)", "probe.lowshot_seeds=(0,)",
-                   "probe.evals=('lowshot',)", "probe.monitor_every=0", "probe.random_init_baseline=False",
+TINY = TINY_CLI + ["probe.evals=('lowshot',)", "probe.monitor_every=0", "probe.random_init_baseline=False",
                    "probe.raw_pixels_baseline=False"]
 SCRIPT = os.path.join(REPO, "experiments", "ablations.py")
 

@@ -8,8 +8,7 @@ import sys
 
 from conftest import REPO, TINY_CLI
 
-TINY = TINY_CLI + ["probe.max_train=300", "probe.weight_decays=(0.01,)", "probe.lowshot_seeds=(0,)",
-                   "probe.evals=('lowshot','knn')", "probe.monitor_every=2", "probe.monitor_train=200",
+TINY = TINY_CLI + ["probe.evals=('lowshot','knn')", "probe.monitor_every=2", "probe.monitor_train=200",
                    "probe.monitor_test=100"]
 SCRIPT = os.path.join(REPO, "experiments", "long_run.py")
 
