@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -45,6 +46,7 @@ VARIANTS = {   # name: (config overrides, the paper's 1% IN-1k linear top-1, the
 }
 PAPER_REPRESENTATION_VIT_L = 66.9   # Table 7: representation targets, the pixel row's comparison
 MASKING = ("multiblock", "rasterized", "block", "random")
+LAST = "I-JEPA target encoder, last layer"   # eval.json's row of the probes compared
 COLUMNS = (("lowshot_top1", "1% labels"), ("linear_top1", "linear"), ("linear_last4_top1", "linear, last 4"),
            ("knn_top1", "k-NN"))
 
@@ -100,6 +102,33 @@ def ordering(ours: dict, key: str = "lowshot_top1") -> tuple[bool | None, str]:
   return all(holds), " ".join(sentences)
 
 
+def resolution(ours: dict, key: str = "lowshot_top1") -> str:
+  """How far the ranking on the 1%-label probe is resolved by its label draws: each gap between neighbours
+  in our order against twice the standard error of the difference of their means (std over the draws /
+  sqrt(draws), from eval.json). Empty without those numbers. Pretraining seeds are a second, unmeasured
+  source: one run per variant."""
+  se = {}
+  for n, r in ours.items():
+    cell = r.get("table", {}).get(LAST, {}).get("lowshot", {})
+    if r.get(key) is not None and cell.get("std") is not None and cell.get("draws"):
+      se[n] = cell["std"] / math.sqrt(len(cell["draws"]))
+  if len(se) < 2:
+    return ""
+  ranked = sorted(se, key=lambda n: -ours[n][key])
+  gaps = [(a, b, 100 * (ours[a][key] - ours[b][key]), 200 * math.hypot(se[a], se[b]))
+          for a, b in zip(ranked, ranked[1:])]
+  parts = [f"{a} - {b} {g:.2f} ({'resolved' if g > t else 'not resolved'}: 2 s.e. {t:.2f})" for a, b, g, t in gaps]
+  a, b = ranked[0], ranked[-1]
+  g, t = 100 * (ours[a][key] - ours[b][key]), 200 * math.hypot(se[a], se[b])
+  parts.append(f"first to last, {a} - {b} {g:.2f} ({'resolved' if g > t else 'not resolved'}: 2 s.e. {t:.2f})")
+  unresolved = sum(g <= t for _, _, g, t in gaps)
+  return ("**How well resolved:** gaps between neighbours on the 1%-label probe against twice the standard "
+          "error of their difference (from the probe's label draws): " + "; ".join(parts) + ". "
+          + (f"{unresolved} of {len(gaps)} places are within the probe's own noise. " if unresolved else "")
+          + "Each variant is one pretraining run, and runs of one config differ by ~1 point between seeds, "
+          "which this does not include: more seeds per variant would be needed to call the close places.")
+
+
 def write_report(root: str, out: str, variants, steps: int, extra: list[str]) -> str:
   ours = {}
   for name in variants:
@@ -134,6 +163,18 @@ def write_report(root: str, out: str, variants, steps: int, extra: list[str]) ->
   holds, sentence = ordering(ours)
   lines += ["", "**Does the paper's ordering hold here?** " + {True: "Yes. ", False: "No. ", None: ""}[holds]
             + sentence + " (Compared on the 1%-label probe.)"]
+  if (noise := resolution(ours)):
+    lines += ["", noise]
+  paper = [n for n in sorted(MASKING, key=lambda n: -VARIANTS[n][1])]
+  per_probe = []
+  for k, header in COLUMNS:
+    have = [n for n in paper if ours.get(n, {}).get(k) is not None]
+    if len(have) > 1:
+      measured = sorted(have, key=lambda n: -ours[n][k])
+      per_probe.append(f"{header}: {' > '.join(measured)}" + (" (the paper's)" if measured == [n for n in paper if n in have]
+                                                               else ""))
+  if per_probe:
+    lines += ["", "The masking strategies' order on every probe: " + "; ".join(per_probe) + "."]
   if steps > 0:
     lines += ["", f"This was a smoke run of {steps} steps: the numbers say nothing about the ablation."]
   os.makedirs(out, exist_ok=True)

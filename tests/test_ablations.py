@@ -64,3 +64,20 @@ def test_the_report_says_whether_the_papers_ordering_holds(tmp_path):
   text = open(ablations.write_report(str(tmp_path / "b"), str(tmp_path / "outb"), list(ablations.VARIANTS), -1, [])).read()
   assert "ordering hold here?** No." in text and "multi-block is not the best here" in text
   assert "not below: the paper's ordering does not hold here" in text
+
+
+def test_the_report_says_how_well_the_ranking_is_resolved(tmp_path):
+  ablations = _module()
+  top1 = {"multiblock": 0.72, "rasterized": 0.70, "block": 0.715, "random": 0.705}
+  for name, value in top1.items():
+    os.makedirs(tmp_path / name)
+    (tmp_path / name / "eval.json").write_text(json.dumps({
+        "step": 3000, "lowshot_top1": value, "linear_top1": value, "knn_top1": 1 - value,
+        "table": {ablations.LAST: {"lowshot": {"top1": value, "std": 0.003, "draws": [0, 0, 0]}}}}))
+  text = open(ablations.write_report(str(tmp_path), str(tmp_path / "out"), list(ablations.VARIANTS), -1, [])).read()
+  # 2 standard errors of a difference: 2 * hypot(0.3, 0.3) / sqrt(3) = 0.49 points
+  assert "multiblock - block 0.50 (resolved: 2 s.e. 0.49)" in text
+  assert "block - random 1.00 (resolved" in text and "random - rasterized 0.50 (resolved" in text
+  assert "first to last, multiblock - rasterized 2.00 (resolved" in text and "places are within" not in text
+  assert "linear: multiblock > block > random > rasterized (the paper's)" in text
+  assert "k-NN: rasterized > random > block > multiblock." in text
