@@ -47,6 +47,7 @@ VARIANTS = {   # name: (config overrides, the paper's 1% IN-1k linear top-1, the
 PAPER_REPRESENTATION_VIT_L = 66.9   # Table 7: representation targets, the pixel row's comparison
 MASKING = ("multiblock", "rasterized", "block", "random")
 LAST = "I-JEPA target encoder, last layer"   # eval.json's row of the probes compared
+RUN_RECORD = "ablation_run.json"   # in each variant's workdir: its minutes, date and machine
 COLUMNS = (("lowshot_top1", "1% labels"), ("linear_top1", "linear"), ("linear_last4_top1", "linear, last 4"),
            ("knn_top1", "k-NN"))
 
@@ -67,7 +68,13 @@ def run_variant(name: str, root: str, config: str, steps: int, extra: list[str])
   print(f"[{name}] {' '.join(args[1:])}", flush=True)
   start = time.time()
   subprocess.run(args, check=True, cwd=REPO)
-  print(f"[{name}] finished in {time.time() - start:.0f} s", flush=True)
+  seconds = time.time() - start
+  print(f"[{name}] finished in {seconds:.0f} s", flush=True)
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import release_parity   # its machine() line
+  with open(os.path.join(workdir, RUN_RECORD), "w") as f:   # pretraining + probes of this invocation
+    json.dump({"seconds": round(seconds), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "machine": release_parity.machine()}, f)
   return workdir
 
 
@@ -120,7 +127,8 @@ def resolution(ours: dict, key: str = "lowshot_top1") -> str:
   parts = [f"{a} - {b} {g:.2f} ({'resolved' if g > t else 'not resolved'}: 2 s.e. {t:.2f})" for a, b, g, t in gaps]
   a, b = ranked[0], ranked[-1]
   g, t = 100 * (ours[a][key] - ours[b][key]), 200 * math.hypot(se[a], se[b])
-  parts.append(f"first to last, {a} - {b} {g:.2f} ({'resolved' if g > t else 'not resolved'}: 2 s.e. {t:.2f})")
+  parts.append(f"first to last, {a} - {b} {g:.2f} ({'resolved' if g > t else 'not resolved'}: 2 s.e. {t:.2f}; "
+               f"the paper's spread between those two: {abs(VARIANTS[a][1] - VARIANTS[b][1]):.1f})")
   unresolved = sum(g <= t for _, _, g, t in gaps)
   return ("**How well resolved:** gaps between neighbours on the 1%-label probe against twice the standard "
           "error of their difference (from the probe's label draws): " + "; ".join(parts) + ". "
@@ -139,7 +147,7 @@ def write_report(root: str, out: str, variants, steps: int, extra: list[str]) ->
   lines = [
       "# I-JEPA ablations at the demo's budget (Fashion-MNIST), next to the paper's",
       "",
-      "`python experiments/ablations.py " + " ".join(
+      "`" + " ".join(["python experiments/ablations.py"] +
           ([f"--steps={steps}"] if steps > 0 else []) + [f"--set={kv}" for kv in extra]) + "`",
       "",
       "Each variant: configs/fashion_mnist.py with one switch changed" +
@@ -148,15 +156,27 @@ def write_report(root: str, out: str, variants, steps: int, extra: list[str]) ->
       "linear probe on 1% of the labels (Table 6: ViT-B/16, 300 epochs; Table 7: ViT-L/16, 500 epochs, where "
       f"representation targets give {PAPER_REPRESENTATION_VIT_L}). Only orderings compare, not values.",
       "",
-      "| variant | switch | paper (IN-1k 1%) | " + " | ".join(h for _, h in COLUMNS) + " | steps |",
-      "|---|---|---|" + "---|" * len(COLUMNS) + "---|",
+      "| variant | switch | paper (IN-1k 1%) | " + " | ".join(h for _, h in COLUMNS) + " | steps | minutes |",
+      "|---|---|---|" + "---|" * len(COLUMNS) + "---|---|",
   ]
+  records = {}
+  for name in variants:
+    path = os.path.join(root, name, RUN_RECORD)
+    if os.path.exists(path):
+      with open(path) as f:
+        records[name] = json.load(f)
   for name in variants:
     switch, paper, table = VARIANTS[name]
     r = ours.get(name)
     cells = [_pct(r.get(k)) for k, _ in COLUMNS] if r else ["not run"] * len(COLUMNS)
     lines.append(f"| {name} | {', '.join(switch) or 'default'} | {paper} ({table.split(' (')[0]}) | "
-                 + " | ".join(cells) + f" | {r.get('step') if r else ''} |")
+                 + " | ".join(cells) + f" | {r.get('step') if r else ''} | "
+                 + (f"{records[name]['seconds'] / 60:.0f}" if name in records else "") + " |")
+  if records:
+    dates = sorted(r["finished"] for r in records.values())
+    lines += ["", f"Run {dates[0]} to {dates[-1]} on {', '.join(sorted({r['machine'] for r in records.values()}))}"
+              "; minutes = pretraining + probes of each variant, one after another (other jobs shared the machine: "
+              "compare the probes, not the minutes)." + "".join(f" {r['note']}" for r in records.values() if r.get("note"))]
   raw = next((r["raw_pixels_top1"] for r in ours.values() if r.get("raw_pixels_top1") is not None), None)
   if raw is not None:
     lines += ["", f"Raw pixels through the same linear probe: {_pct(raw)}."]
@@ -175,6 +195,12 @@ def write_report(root: str, out: str, variants, steps: int, extra: list[str]) ->
                                                                else ""))
   if per_probe:
     lines += ["", "The masking strategies' order on every probe: " + "; ".join(per_probe) + "."]
+  below = [h for k, h in COLUMNS if all(ours.get(n, {}).get(k) is not None for n in ("pixels", "multiblock"))
+           and ours["pixels"][k] < ours["multiblock"][k]]
+  compared = [h for k, h in COLUMNS if all(ours.get(n, {}).get(k) is not None for n in ("pixels", "multiblock"))]
+  if compared:
+    lines += ["", f"Pixel targets below representation targets on {len(below)} of {len(compared)} probes"
+              + (f" ({'; '.join(below)})." if below else ".")]
   if steps > 0:
     lines += ["", f"This was a smoke run of {steps} steps: the numbers say nothing about the ablation."]
   os.makedirs(out, exist_ok=True)
