@@ -53,9 +53,11 @@ def _final(run_dir: str, total: int) -> dict | None:
 
 
 def _log_segment(root: str, start: int, end: int, seconds: float, what: str) -> None:
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import release_parity   # its machine() line
   row = {"what": what, "from_step": start, "to_step": end, "seconds": round(seconds, 1),
          "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-         "host": platform.node(), "cpus": os.cpu_count()}
+         "host": platform.node(), "machine": release_parity.machine()}
   with open(os.path.join(root, "segments.jsonl"), "a") as f:
     f.write(json.dumps(row) + "\n")
 
@@ -156,7 +158,8 @@ def write_report(root: str, out: str, steps: int, train_examples: int = 60000) -
     with open(os.path.join(root, "segments.jsonl")) as f:
       segments = [json.loads(line) for line in f]
   minutes = sum(s["seconds"] for s in segments) / 60
-  hosts = sorted({f"{s['host']} ({s['cpus']} CPUs)" for s in segments})
+  hosts = sorted({s.get("machine") or f"{s['host']} ({s.get('cpus')} CPUs)" for s in segments})
+  days = sorted({s["finished"][:10] for s in segments})
   lines = [
       "# The demo at 10x its steps: probes against epochs",
       "",
@@ -167,7 +170,7 @@ def write_report(root: str, out: str, steps: int, train_examples: int = 60000) -
       "",
       f"So far: {rows[-1][0] if rows else 0} of {steps} steps probed; {minutes:.0f} minutes of training and "
       f"probing in {len(segments)} segments ({', '.join(hosts) or 'none yet'}; "
-      + (f"{segments[0]['finished'][:10]} to {segments[-1]['finished'][:10]}" if segments else "") + ").",
+      + (days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}" if days else "") + ").",
       "",
       "| step | epoch | " + " | ".join(label for label, _, _ in PROBES) + " | k-NN monitor (2k bank) |",
       "|---|---|" + "---|" * (len(PROBES) + 1),
