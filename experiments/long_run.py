@@ -11,9 +11,9 @@ the first probe also measures the random-init and raw-pixel levels, which do not
 monitor logs along the way (metrics.jsonl: every 500 steps on 2,000 / 1,000 images). The last segment
 ends in the trainer's own probe table (ROOT/run/eval.json, eval.md, plots).
 
-Resumable across sessions: stop it at any time (SIGTERM or Ctrl-C reach the trainer, which saves a
-checkpoint) and run the same command again; it continues from the newest checkpoint, and probes that
-are done are not rerun. Each segment's wall-clock time is appended to ROOT/segments.jsonl.
+Resumable across sessions: stop it at any time (SIGTERM or Ctrl-C: the trainer saves a checkpoint, this
+script waits for it) and run the same command again; it continues from the newest checkpoint, and probes
+that are done are not rerun. Each segment's wall-clock time (stopped ones too) goes to ROOT/segments.jsonl.
 
 Writes OUT/long_run.md (every probe against epochs, the raw-pixel and random-init levels, and when the
 encoder first passes raw pixels on each probe) and OUT/long_run.png; --report_only just rewrites them.
@@ -25,6 +25,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -62,14 +63,38 @@ def _log_segment(root: str, start: int, end: int, seconds: float, what: str) -> 
     f.write(json.dumps(row) + "\n")
 
 
+def _call(args: list[str], root: str, start: int, end: int, what: str) -> None:
+  """Runs one trainer or probe process and logs its time. SIGTERM or SIGINT here reach it as SIGTERM (the
+  trainer then checkpoints and exits; a Ctrl-C from a terminal has reached it already, and a second SIGINT
+  would interrupt its save), this script waits for it, logs the segment as stopped and exits."""
+  t = time.time()
+  child = subprocess.Popen(args, cwd=REPO)
+  stopped = []
+
+  def forward(signum, frame):
+    stopped.append(signum)
+    child.send_signal(signal.SIGTERM)
+
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    code = child.wait()
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+  _log_segment(root, start, end, time.time() - t, what + (" (stopped)" if stopped else ""))
+  if stopped:
+    sys.exit(f"Stopped by {signal.Signals(stopped[0]).name} during '{what}' (from step {start}); the trainer "
+             "keeps its checkpoints: run the same command again to continue.")
+  if code:
+    raise subprocess.CalledProcessError(code, args)
+
+
 def _train(root: str, run_dir: str, steps: int, start: int, until: int, extra: list[str]) -> None:
   args = [sys.executable, "-m", "ijepa_jax.main", f"--config={CONFIG}", f"--workdir={run_dir}",
           f"--config.total_steps={steps}", f"--config.run_steps={until - start}",
           *(f"--config.{kv}" for kv in extra)]
   print(f"[train {start} -> {until}] {' '.join(args[1:])}", flush=True)
-  t = time.time()
-  subprocess.run(args, check=True, cwd=REPO)
-  _log_segment(root, start, until, time.time() - t, "train" + (" + final probes" if until == steps else ""))
+  _call(args, root, start, until, "train" + (" + final probes" if until == steps else ""))
 
 
 def _probe(root: str, run_dir: str, step: int, baselines: bool, extra: list[str]) -> None:
@@ -79,9 +104,7 @@ def _probe(root: str, run_dir: str, step: int, baselines: bool, extra: list[str]
   if not baselines:   # the random-init and raw-pixel levels are measured once (by the first probe)
     args += ["--config.probe.random_init_baseline=False", "--config.probe.raw_pixels_baseline=False"]
   print(f"[probe {step}] {' '.join(args[1:])}", flush=True)
-  t = time.time()
-  subprocess.run(args, check=True, cwd=REPO)
-  _log_segment(root, step, step, time.time() - t, "probe")
+  _call(args, root, step, step, "probe")
 
 
 def run(root: str, steps: int, probe_every: int, extra: list[str]) -> None:

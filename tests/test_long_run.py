@@ -47,11 +47,38 @@ def test_segments_probes_report_and_resume(tmp_path):
   assert len(open(root / "segments.jsonl").readlines()) == 3
 
 
-def test_report_of_an_unfinished_run_says_when_pixels_are_passed(tmp_path):
+def test_a_stop_reaches_the_trainer_which_checkpoints_and_is_logged(tmp_path):
+  import signal
+  import time
+  root = tmp_path / "root"
+  proc = subprocess.Popen([sys.executable, SCRIPT, f"--root={root}", f"--out={tmp_path}/out", "--steps=100000",
+                           "--probe_every=50000", *(f"--set={kv}" for kv in TINY)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+  metrics, deadline = root / "run" / "metrics.jsonl", time.time() + 300
+  while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):   # training has begun
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)   # to this script only: it passes the stop on and waits
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 1 and "Stopped by SIGTERM during 'train' (from step 0)" in err, err[-3000:]
+  assert "Stopped by SIGTERM at step" in out   # the trainer's own line: it stopped, checkpointed, exited
+  long_run = _module()
+  steps = long_run.checkpoint_steps(str(root / "run"))
+  assert steps and 0 < steps[-1] < 100000
+  segments = [json.loads(line) for line in open(root / "segments.jsonl")]
+  assert [(s["what"], s["from_step"]) for s in segments] == [("train (stopped)", 0)]
+
+
+def _module():
   import importlib.util
   spec = importlib.util.spec_from_file_location("long_run", SCRIPT)
-  long_run = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(long_run)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_report_of_an_unfinished_run_says_when_pixels_are_passed(tmp_path):
+  long_run = _module()
 
   def result(step, knn, pixels=None):
     table = {"I-JEPA target encoder, last layer": {"knn": {"top1": knn}, "lowshot": {"top1": knn - 0.1}}}
