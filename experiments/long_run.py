@@ -228,7 +228,7 @@ def write_report(root: str, out: str, steps: int, train_examples: int = 60000) -
 
 def _plot(rows, levels, monitor, epoch, path: str) -> None:
   from matplotlib.figure import Figure
-  fig = Figure(figsize=(7, 4))
+  fig = Figure(figsize=(9, 4))
   ax = fig.subplots()
   colours = ("C0", "C1", "C2", "C3")
   for (label, suffix, probe), colour in zip(PROBES, colours):
@@ -247,7 +247,7 @@ def _plot(rows, levels, monitor, epoch, path: str) -> None:
   ax.plot([], [], color="0.4", ls=":", lw=1, label="random init")
   ax.set_xlabel("epoch")
   ax.set_ylabel("top-1 % (Fashion-MNIST test)")
-  ax.legend(fontsize=7, loc="lower right", ncol=2)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))   # outside: the levels span the height
   fig.tight_layout()
   fig.savefig(path, dpi=90)
 
