@@ -16,13 +16,19 @@ def _absl_flags():
     flags.FLAGS.mark_as_parsed()
 
 
-def tiny_config(**overrides):
-  """The Fashion-MNIST demo config shrunk to seconds: 16 images of 16x16, 4x4 patches, depth 1."""
+def load_file(path: str, name: str | None = None):
+  """The module in the file at `path` (relative to the repository), e.g. an experiments/ script."""
   import importlib.util
-  spec = importlib.util.spec_from_file_location("fashion_mnist", os.path.join(REPO, "configs", "fashion_mnist.py"))
+  spec = importlib.util.spec_from_file_location(name or os.path.splitext(os.path.basename(path))[0],
+                                                os.path.join(REPO, path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  c = module.get_config()
+  return module
+
+
+def tiny_config(**overrides):
+  """The Fashion-MNIST demo config shrunk to seconds: 16 images of 16x16, 4x4 patches, depth 1."""
+  c = load_file("configs/fashion_mnist.py").get_config()
   c.batch_size = 16
   c.total_steps = 12
   c.warmup_steps = 3

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, TINY_CLI
+from conftest import REPO, TINY_CLI, load_file
 
 TINY = TINY_CLI + ["probe.evals=('lowshot',)", "probe.monitor_every=0", "probe.random_init_baseline=False",
                    "probe.raw_pixels_baseline=False"]
@@ -17,17 +17,10 @@ def _run(tmp_path):
                          "--variants=rasterized,pixels", *(f"--set={kv}" for kv in TINY)], capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
-def _module():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("ablations", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def test_two_variants_run_once_and_every_variant_is_tabled(tmp_path):
   """Two variants end to end (~30 s each: start, compile, probes); the others are listed as not run."""
-  ablations = _module()
+  ablations = load_file("experiments/ablations.py")
   proc = _run(tmp_path)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name, section, key, value in (("rasterized", "mask", "strategy", "rasterized"), ("pixels", None, "target", "pixels")):
@@ -54,7 +47,7 @@ def _fake_runs(root, top1):
 
 
 def test_the_report_says_whether_the_papers_ordering_holds(tmp_path):
-  ablations = _module()
+  ablations = load_file("experiments/ablations.py")
   paper_like = {"multiblock": 0.7, "rasterized": 0.4, "block": 0.6, "random": 0.5, "pixels": 0.65}
   _fake_runs(tmp_path / "a", paper_like)
   text = open(ablations.write_report(str(tmp_path / "a"), str(tmp_path / "outa"), list(ablations.VARIANTS), -1, [])).read()
@@ -67,7 +60,7 @@ def test_the_report_says_whether_the_papers_ordering_holds(tmp_path):
 
 
 def test_the_report_says_how_well_the_ranking_is_resolved(tmp_path):
-  ablations = _module()
+  ablations = load_file("experiments/ablations.py")
   top1 = {"multiblock": 0.72, "rasterized": 0.70, "block": 0.715, "random": 0.705}
   for name, value in top1.items():
     os.makedirs(tmp_path / name)

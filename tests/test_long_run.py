@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from conftest import REPO, TINY_CLI
+from conftest import REPO, TINY_CLI, load_file
 
 TINY = TINY_CLI + ["probe.evals=('lowshot','knn')", "probe.monitor_every=2", "probe.monitor_train=200",
                    "probe.monitor_test=100"]
@@ -62,23 +62,16 @@ def test_a_stop_reaches_the_trainer_which_checkpoints_and_is_logged(tmp_path):
   out, err = proc.communicate(timeout=300)
   assert proc.returncode == 1 and "Stopped by SIGTERM during 'train' (from step 0)" in err, err[-3000:]
   assert "Stopped by SIGTERM at step" in out   # the trainer's own line: it stopped, checkpointed, exited
-  long_run = _module()
+  long_run = load_file("experiments/long_run.py")
   steps = long_run.checkpoint_steps(str(root / "run"))
   assert steps and 0 < steps[-1] < 100000
   segments = [json.loads(line) for line in open(root / "segments.jsonl")]
   assert [(s["what"], s["from_step"]) for s in segments] == [("train (stopped)", 0)]
 
 
-def _module():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("long_run", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
 
 def test_report_of_an_unfinished_run_says_when_pixels_are_passed(tmp_path):
-  long_run = _module()
+  long_run = load_file("experiments/long_run.py")
 
   def result(step, knn, pixels=None):
     table = {"I-JEPA target encoder, last layer": {"knn": {"top1": knn}, "lowshot": {"top1": knn - 0.1}}}
