@@ -172,8 +172,28 @@ def collect(root: str, steps: int) -> tuple[list[tuple[int, dict]], dict, list[d
   return sorted(results.items()), levels, monitor, batch
 
 
-def write_report(root: str, out: str, steps: int, train_examples: int = 60000) -> str:
+def monitor_pixel_level(run_dir: str) -> float | None:
+  """k-NN top-1 of raw pixels on the k-NN monitor's own images (its probe.monitor_train bank and
+  probe.monitor_test queries, the same subsets, k and temperature), the level the monitor's curve is to pass;
+  the raw pixels as the probes read them (flattened at probe.raw_pixels_side, scaled to [0, 1])."""
+  if not os.path.exists(os.path.join(run_dir, "config.json")):
+    return None
+  import numpy as np
+  from ijepa_jax import data, loading
+  from ijepa_jax.evaluation import knn
+  config = loading.read_config(run_dir)
+  pc, d = config.probe, config.data
+  raw = config.copy_and_resolve_references()
+  raw.data.image_size = pc.raw_pixels_side
+  (x, y), (xq, yq) = (data.load_eval_arrays(raw, split, int(n))
+                      for split, n in ((d.split, pc.monitor_train), (d.eval_split, pc.monitor_test)))
+  flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / 255.0
+  return knn.knn(flat(x), y, flat(xq), yq, pc.knn_k, pc.knn_temperature)["top1"]
+
+
+def write_report(root: str, out: str, steps: int, probe_every: int = 3000, train_examples: int = 60000) -> str:
   rows, levels, monitor, batch = collect(root, steps)
+  monitor_pixels = monitor_pixel_level(os.path.join(root, "run")) if monitor else None
   epoch = lambda step: step * batch / train_examples
   monitor_at = {int(r["step"]): r["knn_monitor"] for r in monitor}
   segments = []
@@ -186,10 +206,12 @@ def write_report(root: str, out: str, steps: int, train_examples: int = 60000) -
   lines = [
       "# The demo at 10x its steps: probes against epochs",
       "",
-      f"`python experiments/long_run.py --steps={steps}`: configs/fashion_mnist.py with total_steps={steps} "
+      f"`python experiments/long_run.py --steps={steps} --probe_every={probe_every}`: configs/fashion_mnist.py with "
+      f"total_steps={steps} "
       f"(batch {batch}: {epoch(steps):.1f} epochs of Fashion-MNIST's {train_examples} training images; the lr and "
       "EMA schedules stretched over the run, everything else the demo's). Probes of the target encoder, top-1 % on "
-      "the 10,000 test images, the demo's probes at every segment's end.",
+      f"the 10,000 test images, the demo's probes at every segment's end (every {probe_every} steps); the k-NN monitor "
+      "(a 2,000-image bank, 1,000 test images) along the way.",
       "",
       f"So far: {rows[-1][0] if rows else 0} of {steps} steps probed; {minutes:.0f} minutes of training and "
       f"probing in {len(segments)} segments ({', '.join(hosts) or 'none yet'}; "
@@ -202,9 +224,12 @@ def write_report(root: str, out: str, steps: int, train_examples: int = 60000) -
     cells = [_pct(_top1(result, f"{TRAINED}, {suffix}", probe)) for _, suffix, probe in PROBES]
     lines.append(f"| {step} | {epoch(step):.1f} | " + " | ".join(cells) + f" | {_pct(monitor_at.get(step))} |")
   if levels:
-    lines.append("| raw pixels | | " + " | ".join(_pct(levels[label][0]) for label, _, _ in PROBES) + " | |")
+    lines.append("| raw pixels | | " + " | ".join(_pct(levels[label][0]) for label, _, _ in PROBES)
+                 + f" | {_pct(monitor_pixels)} |")
     lines.append("| random init | | " + " | ".join(_pct(levels[label][1]) for label, _, _ in PROBES) + " | |")
+  if levels or monitor_pixels is not None:
     lines += ["", "**Past raw pixels?**"]
+  if levels:
     for label, suffix, probe in PROBES:
       pixels = levels[label][0]
       if pixels is None:
@@ -215,18 +240,23 @@ def write_report(root: str, out: str, steps: int, train_examples: int = 60000) -
       lines.append(f"- {label} (pixels {_pct(pixels)}): " + (
           f"first above at step {first} (epoch {epoch(first):.1f})." if first is not None else
           f"not yet; the best so far is {_pct(best)}."))
+  if monitor_pixels is not None:
+    first = next((int(r["step"]) for r in monitor if r["knn_monitor"] > monitor_pixels), None)
+    lines.append(f"- k-NN monitor (raw pixels on the monitor's images {_pct(monitor_pixels)}): " + (
+                     f"first above at step {first} (epoch {epoch(first):.1f})." if first is not None else
+                     f"not yet; the best so far is {_pct(max(r['knn_monitor'] for r in monitor))}."))
   if not rows or rows[-1][0] < steps:
     lines += ["", "The run is not finished: `python experiments/long_run.py` continues it from its checkpoint."]
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, "long_run.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
-  _plot(rows, levels, monitor, epoch, os.path.join(out, "long_run.png"))
+  _plot(rows, levels, monitor, monitor_pixels, epoch, os.path.join(out, "long_run.png"))
   print("\n".join(lines), flush=True)
   return path
 
 
-def _plot(rows, levels, monitor, epoch, path: str) -> None:
+def _plot(rows, levels, monitor, monitor_pixels, epoch, path: str) -> None:
   from matplotlib.figure import Figure
   fig = Figure(figsize=(9, 4))
   ax = fig.subplots()
@@ -243,6 +273,9 @@ def _plot(rows, levels, monitor, epoch, path: str) -> None:
   if monitor:
     ax.plot([epoch(r["step"]) for r in monitor], [100 * r["knn_monitor"] for r in monitor], color="C3", lw=0.8,
             alpha=0.5, label="k-NN monitor (2k bank)")
+    if monitor_pixels is not None:
+      ax.axhline(100 * monitor_pixels, color="C3", ls="-.", lw=0.8, alpha=0.5,
+                 label="raw pixels, monitor's images")
   ax.plot([], [], color="0.4", ls="--", lw=1, label="raw pixels")
   ax.plot([], [], color="0.4", ls=":", lw=1, label="random init")
   ax.set_xlabel("epoch")
@@ -266,7 +299,7 @@ def main(argv=None) -> None:
     p.error("--steps and --probe_every must be positive")
   if not a.report_only:
     run(a.root, a.steps, a.probe_every, a.set)
-  write_report(a.root, a.out, a.steps)
+  write_report(a.root, a.out, a.steps, a.probe_every)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,10 @@ def test_segments_probes_report_and_resume(tmp_path):
   assert f"| {lowshot(middle):.2f} |" in rows["2"] and f"| {lowshot(final):.2f} |" in rows["4"]
   assert f"{100 * final['table']['raw pixels']['knn']['top1']:.2f}" in rows["raw pixels"]
   assert "random init" in rows and "**Past raw pixels?**" in report and "not finished" not in report
+  assert "`python experiments/long_run.py --steps=4 --probe_every=2`" in report
+  pixels_on_monitor = load_file("experiments/long_run.py").monitor_pixel_level(str(root / "run"))
+  assert 0.1 < pixels_on_monitor <= 1 and f"| {100 * pixels_on_monitor:.2f} |" in rows["raw pixels"]
+  assert f"- k-NN monitor (raw pixels on the monitor's images {100 * pixels_on_monitor:.2f}): " in report
   assert (tmp_path / "out" / "long_run.png").stat().st_size > 1000
   again = _run(tmp_path)   # resumable: everything is there, nothing is trained or probed again
   assert again.returncode == 0 and "[train" not in again.stdout and "[probe" not in again.stdout
