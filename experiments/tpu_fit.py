@@ -48,6 +48,13 @@ HEADER = ("| config | slice | remat | per-device batch | temp | peak | HBM | fit
           "|---|---|---|---|---|---|---|---|---|\n")
 
 
+def error_line(text: str) -> str:
+  """The line that names the exception (`SomeError: ...`), not the notes JAX prints after it; else the last."""
+  lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+  named = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b.*:", line)]
+  return (named or lines or ["(no output)"])[-1][:200].replace("|", "/")
+
+
 def compile_once(config: str, slice_name: str, remat: str, batch: int | None = None,
                  per_device_batch: int | None = None, num_slices: int = 1) -> dict:
   """One `python -m ijepa_jax.memory` run: {'temp', 'peak' (None when the compiler ran out of HBM and
@@ -58,7 +65,7 @@ def compile_once(config: str, slice_name: str, remat: str, batch: int | None = N
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   out = proc.stdout
   if proc.returncode != 0 or ("| peak" not in out and "temporaries alone need" not in out):
-    return {"error": (proc.stderr or out).strip().splitlines()[-1][:200]}
+    return {"error": error_line(proc.stderr or out)}
   from ijepa_jax.memory import parse_tpu_text
   row = parse_tpu_text(out)
   row["per_device"] = int(re.search(r"\((\d+) per device\)", out).group(1))

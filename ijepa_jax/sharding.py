@@ -66,9 +66,38 @@ def rules(config) -> tuple[tuple[str, object], ...]:
 
 
 def logical_shardings(boxed_tree, mesh: Mesh, axis_rules):
-  """NamedShardings for a tree of nn.Partitioned leaves (e.g. from jax.eval_shape(model.init, ...))."""
-  specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, axis_rules)
+  """NamedShardings for a tree of nn.Partitioned leaves (e.g. from jax.eval_shape(model.init, ...)), each
+  fitted to its array's shape (`fit`), so that any slice size can hold any config."""
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, axis_rules)
+  return jax.tree.map(lambda leaf, s: fit(s, leaf), boxed_tree, shardings,
+                      is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+# The leading axis of the layer scan's stacked parameters (models/vit.py): the scan slices it, so it is
+# never split, not even to take over another dimension's mesh axes.
+STACKED_AXIS = "layers"
+
+
+def fit(s: NamedSharding, leaf) -> NamedSharding:
+  """`s` with every dimension that its mesh axes do not divide unsplit (jit would refuse the array: e.g.
+  a 384-wide predictor's vectors, or ViT-g's width 1408, over 256 devices); the axes so freed move to the
+  largest other dimension they divide (ViT-g's MLP kernels then split along 6144), else that array is
+  replicated along them. Shardings that fit are returned as they are."""
+  value, names = (leaf.value, leaf.names) if isinstance(leaf, nn.Partitioned) else (leaf, ())
+  shape = tuple(getattr(value, "shape", ()))
+  spec = list(s.spec) + [None] * (len(shape) - len(s.spec))
+  names = tuple(names) + (None,) * (len(shape) - len(names))
+  ways = lambda axes: math.prod(s.mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+  freed = [axes for i, axes in enumerate(spec) if axes is not None and shape[i] % ways(axes)]
+  if not freed:
+    return s
+  spec = [None if axes is not None and shape[i] % ways(axes) else axes for i, axes in enumerate(spec)]
+  for axes in freed:
+    free = [i for i in range(len(shape))
+            if spec[i] is None and names[i] != STACKED_AXIS and shape[i] % ways(axes) == 0]
+    if free:
+      spec[max(free, key=lambda i: shape[i])] = axes
+  return NamedSharding(s.mesh, P(*spec), memory_kind=s.memory_kind)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -98,3 +98,53 @@ def test_paper_configs_shard_the_train_state_by_default():
     assert out[name]["unsplit"] == 0 and out[name]["matrices"] > 100, out[name]
     assert out[name]["ratio"] <= 1.15, out[name]
   assert out["fashion_mnist"]["mesh"] == {"data": 8, "fsdp": 1} and abs(out["fashion_mnist"]["ratio"] - 8) < 1e-9
+
+
+INDIVISIBLE = textwrap.dedent("""
+    import json, sys, jax, flax.linen as nn, numpy as np
+    jax.config.update("jax_num_cpu_devices", 8)
+    sys.path.insert(0, "tests")
+    from conftest import tiny_config
+    from ijepa_jax import memory, sharding, train
+    from ijepa_jax.mask_strategies import make_sampler
+    out = {}
+    for scan in (False, True):
+      # width 12 over fsdp 8 (as a 384-wide predictor over 256 chips): 'embed' cannot be split 8 ways
+      c = tiny_config(**{"model.width": 12, "model.predictor_width": 12, "model.depth": 2,
+                         "model.predictor_depth": 2, "model.scan_layers": scan})
+      c.mesh.data, c.mesh.fsdp = 1, 8
+      mesh = sharding.make_mesh(c.mesh, jax.devices())
+      _, state, _, _ = train.build(c, mesh, make_sampler(c.mask, 8), total_steps=10, warmup_steps=1)
+      flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+      out[str(scan)] = {"specs": {jax.tree_util.keystr(k): [a if a is None else str(a) for a in x.sharding.spec] + [None] * (x.ndim - len(x.sharding.spec))
+                                  for k, x in flat},
+                        "shapes": {jax.tree_util.keystr(k): list(x.shape) for k, x in flat},
+                        "report": memory.report(c, jax.devices())}   # lowers and compiles the step (XLA:CPU)
+    s = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, "fsdp"))
+    stacked = nn.Partitioned(jax.ShapeDtypeStruct((8, 12), np.float32), names=("layers", "embed"))
+    out["stacked"] = list(sharding.fit(s, stacked).spec)          # never moved onto the scanned axis
+    fits = nn.Partitioned(jax.ShapeDtypeStruct((8, 16), np.float32), names=("layers", "embed"))
+    out["kept"] = sharding.fit(s, fits) is s
+    print("RESULT" + json.dumps(out))
+""")
+
+
+def test_dimensions_the_mesh_does_not_divide_are_refitted_not_refused():
+  """A width that fsdp does not divide (ViT-H/16-448's 384-wide predictor, ViT-g's 1408, over 256 chips)
+  would make jit refuse the train state: such a dimension is left unsplit, its mesh axis moves to the
+  largest other dimension it divides (never the layer scan's axis), and the step compiles."""
+  import json
+  proc = subprocess.run([sys.executable, "-c", INDIVISIBLE], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  for scan in ("False", "True"):
+    specs, shapes = out[scan]["specs"], out[scan]["shapes"]
+    for key, spec in specs.items():   # every split dimension is divisible by its 8 ways
+      assert all(n % 8 == 0 for n, a in zip(shapes[key], spec) if a == "fsdp"), (key, spec, shapes[key])
+    mlp_in = [k for k in specs if "encoder" in k and "mlp" in k.lower() and shapes[k][-2:] == [12, 64]]
+    assert mlp_in and all(specs[k][-2:] == [None, "fsdp"] for k in mlp_in), {k: specs[k] for k in mlp_in}
+    norms = [k for k in specs if "norm" in k and shapes[k][-1:] == [12]]
+    assert norms and all(set(specs[k]) == {None} for k in norms)   # the 12-vectors: replicated
+    assert out[scan]["report"]["temp"] > 0 and out[scan]["report"]["mesh"] == {"data": 1, "fsdp": 8}
+    assert out[scan]["report"]["state_ratio"] < 8   # the matrices are still split
+  assert out["stacked"] == [None, None] and out["kept"] is True
