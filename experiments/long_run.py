@@ -228,7 +228,8 @@ def write_report(root: str, out: str, steps: int, probe_every: int = 3000, train
                  + f" | {_pct(monitor_pixels)} |")
     lines.append("| random init | | " + " | ".join(_pct(levels[label][1]) for label, _, _ in PROBES) + " | |")
   if levels or monitor_pixels is not None:
-    lines += ["", "**Past raw pixels?**"]
+    lines += ["", "**Past raw pixels?** (full probes at step " + ", ".join(str(s) for s, _ in rows) + "; the "
+              "monitor every few hundred)" if rows else "**Past raw pixels?**"]
   if levels:
     for label, suffix, probe in PROBES:
       pixels = levels[label][0]
