@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from ijepa_jax.models.layout import STACKED_AXIS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -95,7 +97,7 @@ def base_config() -> ml_collections.ConfigDict:
       ("embed", "fsdp"), ("mlp", None), ("qkv", None), ("heads", None),
       ("patch_h", None), ("patch_w", None), ("channels", None),
       ("embed_in", None), ("embed_out", None), ("norm", None),
-      ("layers", None),        # scan_layers: the stacked blocks' leading axis, never split
+      (STACKED_AXIS, None),    # scan_layers: the stacked blocks' leading axis, never split
   )
 
   c.skip_nonfinite_steps = False  # True: a step with a NaN/Inf loss or gradient changes nothing (counted in

@@ -14,6 +14,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from ijepa_jax.errors import ConfigError
+from ijepa_jax.models.layout import STACKED_AXIS
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the leading batch dimension is split over both
@@ -71,11 +72,6 @@ def logical_shardings(boxed_tree, mesh: Mesh, axis_rules):
   shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed_tree), mesh, axis_rules)
   return jax.tree.map(lambda leaf, s: fit(s, leaf), boxed_tree, shardings,
                       is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
-# The leading axis of the layer scan's stacked parameters (models/vit.py): the scan slices it, so it is
-# never split, not even to take over another dimension's mesh axes.
-STACKED_AXIS = "layers"
 
 
 def fit(s: NamedSharding, leaf) -> NamedSharding:

@@ -17,6 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The logical name of the stacked blocks' leading axis (vit.run_blocks' nn.scan metadata); the axis rules
+# map it to no mesh axis and sharding.fit never moves another dimension's mesh axes onto it: the scan slices it.
+STACKED_AXIS = "layers"
+
 _BLOCK = re.compile(r"blocks_(\d+)")
 
 

@@ -26,6 +26,8 @@ import numpy as np
 import flax.linen as nn
 from jax.ad_checkpoint import checkpoint_name
 
+from ijepa_jax.models.layout import STACKED_AXIS
+
 Dtype = Any
 
 LN_EPS = 1e-6
@@ -315,7 +317,7 @@ def run_blocks(x: jax.Array, depth: int, remat: str, scan: bool, collect: bool =
     return x, (x if collect else None)
 
   layers = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, length=depth,
-                   in_axes=nn.broadcast, metadata_params={nn.PARTITION_NAME: "layers"})
+                   in_axes=nn.broadcast, metadata_params={nn.PARTITION_NAME: STACKED_AXIS})
   x, ys = layers(cls(**block, name="blocks"), x, valid)
   return x, ([ys[i] for i in range(depth)] if collect else None)
 
