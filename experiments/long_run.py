@@ -178,17 +178,13 @@ def monitor_pixel_level(run_dir: str) -> float | None:
   the raw pixels as the probes read them (flattened at probe.raw_pixels_side, scaled to [0, 1])."""
   if not os.path.exists(os.path.join(run_dir, "config.json")):
     return None
-  import numpy as np
-  from ijepa_jax import data, loading
-  from ijepa_jax.evaluation import knn
+  from ijepa_jax import loading
+  from ijepa_jax.evaluation import knn, probes
   config = loading.read_config(run_dir)
   pc, d = config.probe, config.data
-  raw = config.copy_and_resolve_references()
-  raw.data.image_size = pc.raw_pixels_side
-  (x, y), (xq, yq) = (data.load_eval_arrays(raw, split, int(n))
+  (x, y), (xq, yq) = (probes.raw_pixel_features(config, split, int(n))
                       for split, n in ((d.split, pc.monitor_train), (d.eval_split, pc.monitor_test)))
-  flat = lambda a: a.reshape(len(a), -1).astype(np.float32) / 255.0
-  return knn.knn(flat(x), y, flat(xq), yq, pc.knn_k, pc.knn_temperature)["top1"]
+  return knn.knn(x, y, xq, yq, pc.knn_k, pc.knn_temperature)["top1"]
 
 
 def write_report(root: str, out: str, steps: int, probe_every: int = 3000, train_examples: int = 60000) -> str:

@@ -55,14 +55,21 @@ def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None,
                   lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
                                                      pool="none").astype(np.float16))
           for split, imgs in (("train", train_images), ("test", test_images)))
-  if pc.raw_pixels_baseline:  # the same images at raw_pixels_side (28: Fashion-MNIST's own pixels)
-    raw = config.copy_and_resolve_references()
-    raw.data.image_size = pc.raw_pixels_side
+  if pc.raw_pixels_baseline:
     # No attentive row: pixel patches carry no position, so one query over them sees a bag of patches;
     # the linear probe on the whole image is the pixels' floor.
-    sets[PIXELS] = tuple(data.load_eval_arrays(raw, split, n)[0].reshape(len(y), -1).astype(np.float32) / 255.0
-                         for split, n, y in ((d.split, limit, train_y), (d.eval_split, None, test_y)))
+    sets[PIXELS] = tuple(raw_pixel_features(config, split, n)[0]
+                         for split, n in ((d.split, limit), (d.eval_split, None)))
   return sets, tokens, train_y, test_y
+
+
+def raw_pixel_features(config, split: str, max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(features [N, side*side*C] float32 in [0, 1], labels): the split's images at probe.raw_pixels_side
+  (28: Fashion-MNIST's own pixels), flattened; the raw-pixel baseline every probe reports."""
+  raw = config.copy_and_resolve_references()
+  raw.data.image_size = config.probe.raw_pixels_side
+  images, labels = data.load_eval_arrays(raw, split, max_examples)
+  return images.reshape(len(images), -1).astype(np.float32) / 255.0, labels
 
 
 def check_evals(evals) -> None:
