@@ -43,6 +43,7 @@ def get_config():
   c.model.name, c.model.patch_size = "vit_tiny", 16
   c.model.width, c.model.depth, c.model.num_heads, c.model.mlp_dim = 128, 4, 4, 512
   c.model.predictor_width, c.model.predictor_depth, c.model.predictor_heads = 64, 3, 4
+  c.model.scan_layers, c.model.remat = False, "none"  # the layout and step every recorded demo result used
 
   c.cpu_devices = 2
   c.mesh.data, c.mesh.fsdp = -1, 1  # data parallel: the small state fits every device, no gathers

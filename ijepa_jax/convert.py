@@ -2,10 +2,11 @@
 
   python -m ijepa_jax.convert --torch=IN1K-vit.h.14-300e.pth.tar --config=configs/vit_h14.py --out=DIR
   python -m ijepa_jax.convert --hf=DIR_OR_model.safetensors --config=configs/vit_h14.py --out=DIR
-  python -m ijepa_jax.convert --workdir=RUN --config=configs/vit_h14.py --config.model.scan_layers=True --out=DIR
+  python -m ijepa_jax.convert --workdir=RUN --config=configs/vit_h14.py --out=DIR
 
 The third form rewrites a workdir's latest checkpoint in the block layout the config asks for
-(model.scan_layers, see ijepa_jax/models/layout.py), keeping its step, optimizer state and EMA target.
+(model.scan_layers, see ijepa_jax/models/layout.py; the paper configs' default is the scanned layout, so
+the command above moves a run started unrolled onto it), keeping its step, optimizer state and EMA target.
 The names are always mapped to the unrolled layout (blocks_{i}) and stacked at the end when the config
 has model.scan_layers=True.
 

@@ -23,6 +23,7 @@ def test_device_check_runs_its_four_benchmarks(tmp_path):
   assert len(sections) == 4, text
   xla, scan, cudnn, vitb = sections
   assert "--config.model.attention=xla" in xla and "--fit_batch=8,4" in xla
+  assert "--config.model.scan_layers=False --config.model.remat=none" in xla   # the unrolled model
   # the first run's timed batch (per device 8 x the devices) is what the others run
   batch = xla.split("\n", 1)[0].rsplit("batch ", 1)[1]
   assert cudnn.split("\n", 1)[0].endswith(f"batch {batch}") and vitb.split("\n", 1)[0].endswith(f"batch {batch}")

@@ -77,10 +77,15 @@ PAPER_DEFAULT = textwrap.dedent("""
       leaves = [x for part in (state.params, state.opt_state, state.target) for x in jax.tree.leaves(part)]
       per_device = sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in leaves)
       total = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
-      matrices = [x for x in jax.tree.leaves(state.params) if x.ndim >= 2]
+      # a matrix: 2-D, or under the layer scan a stack of them (3-D: the leading axis the blocks'; the
+      # blocks' stacked vectors, norms and biases, are vectors as in the unrolled layout)
+      leaves = [(any(getattr(k, "key", None) in ("blocks", "predictor_blocks") for k in path), x)
+                for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0]]
+      matrices = [x for stacked, x in leaves if x.ndim >= 2 + stacked]
       out[name] = dict(mesh=dict(mesh.shape), ratio=per_device / (total / 8),
                        unsplit=sum(x.sharding.shard_shape(x.shape) == x.shape for x in matrices),
-                       matrices=len(matrices))
+                       matrices=len(matrices), scan=bool(c.model.scan_layers),
+                       stacked=[x.shape[0] for stacked, x in leaves if stacked and x.ndim >= 3])
     print("RESULT" + json.dumps(out))
 """)
 
@@ -95,7 +100,12 @@ def test_paper_configs_shard_the_train_state_by_default():
   out = json.loads(proc.stdout.split("RESULT", 1)[1])
   for name in ("vit_h14", "vit_h16_448", "vit_h14_in22k", "vit_g16_in22k"):
     assert out[name]["mesh"] == {"data": 1, "fsdp": 8}, out[name]
-    assert out[name]["unsplit"] == 0 and out[name]["matrices"] > 100, out[name]
+    # the layer scan by default: the blocks' matrices (qkv, proj, fc1, fc2) stacked on a leading axis of
+    # the encoder's and the predictor's depth; every matrix split
+    depths = {"vit_g16_in22k": (40, 16)}.get(name, (32, 12))
+    assert out[name]["scan"] and sorted(set(out[name]["stacked"])) == sorted(depths), out[name]
+    assert len(out[name]["stacked"]) == 8, out[name]
+    assert out[name]["unsplit"] == 0, out[name]
     assert out[name]["ratio"] <= 1.15, out[name]
   assert out["fashion_mnist"]["mesh"] == {"data": 8, "fsdp": 1} and abs(out["fashion_mnist"]["ratio"] - 8) < 1e-9
 

@@ -29,7 +29,7 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any, predictor
   mlp_dim overrides (-1 or missing = from VIT_SIZES), predictor_width (384),
   predictor_depth (12), predictor_heads (-1 = encoder heads), remat (a REMAT_POLICIES key;
   True / False, as older configs have it, mean 'full' / 'none'), attention ('xla' | 'cudnn'),
-  scan_layers (False; missing in older configs: the blocks under one nn.scan, see vit.run_blocks).
+  scan_layers (the blocks under one nn.scan, see vit.run_blocks; False where older configs lack it).
   The encoder is used for both the context and the target encoder. predictor_out: the predictor's
   output width (None: the encoder's width; patch_size^2 x channels for pixel targets).
   """
