@@ -47,9 +47,10 @@ def _bytes_total(tree) -> int:
 
 
 # ============================================================================ one compile of the train step
-def _compile(config, devices, per_device_batch: int | None) -> dict:
-  """The train step of train.build for this config on a mesh over `devices`, lowered and compiled
-  for abstract inputs; with the train-state bytes per device from the shardings."""
+def lower_step(config, devices, per_device_batch: int | None = None) -> dict:
+  """The train step of train.build for this config on a mesh over `devices`, lowered for abstract
+  inputs (nothing allocated): {'lowered', 'lower_s', 'abstract_state', 'config', 'sampler', 'mesh'}.
+  Two configs whose lowered texts are equal compile to the same program."""
   import flax.linen as nn
   import jax
   import ml_collections
@@ -75,21 +76,31 @@ def _compile(config, devices, per_device_batch: int | None) -> dict:
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
     t0 = time.perf_counter()
     lowered = step.lower(abstract_state, batch)
-    t1 = time.perf_counter()
-    try:
-      compiled, out_of_memory = lowered.compile(), None
-    except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit its HBM
-      if "RESOURCE_EXHAUSTED" not in str(e):
-        raise
-      compiled, out_of_memory = None, str(e)
-    t2 = time.perf_counter()
+  return dict(lowered=lowered, lower_s=time.perf_counter() - t0, abstract_state=abstract_state,
+              config=config, sampler=sampler, mesh=mesh)
+
+
+def _compile(config, devices, per_device_batch: int | None) -> dict:
+  """lower_step's program compiled; with the train-state bytes per device from the shardings."""
+  import jax
+  low = lower_step(config, devices, per_device_batch)
+  abstract_state, config, mesh = low["abstract_state"], low["config"], low["mesh"]
+  t0 = time.perf_counter()
+  try:
+    compiled, out_of_memory = low["lowered"].compile(), None
+  except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit its HBM
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    compiled, out_of_memory = None, str(e)
+  compile_s = time.perf_counter() - t0
   parts = {"params": abstract_state.params, "opt_state": abstract_state.opt_state, "target": abstract_state.target}
   out = {k: _bytes_per_device(v) for k, v in parts.items()}
   out["state"] = sum(out.values())
   out["state_total"] = sum(_bytes_total(v) for v in parts.values())
   out["state_ratio"] = out["state"] / (out["state_total"] / len(devices))
-  out.update(batch=b, mesh=dict(mesh.shape), lower_s=t1 - t0, compile_s=t2 - t1)
-  return dict(report=out, compiled=compiled, out_of_memory=out_of_memory, config=config, sampler=sampler, mesh=mesh)
+  out.update(batch=config.batch_size, mesh=dict(mesh.shape), lower_s=low["lower_s"], compile_s=compile_s)
+  return dict(report=out, compiled=compiled, out_of_memory=out_of_memory, config=config,
+              sampler=low["sampler"], mesh=mesh)
 
 
 def report(config, devices, per_device_batch: int | None = None) -> dict:

@@ -39,6 +39,31 @@ def test_fsdp_divides_the_train_state_and_the_ratio_is_per_device_over_even_shar
   assert fsdp["mesh"] == {"data": 1, "fsdp": 4} and fsdp["batch"] == 16
 
 
+SAME_STEP = """
+import sys, json, jax
+jax.config.update("jax_num_cpu_devices", 4)
+sys.path.insert(0, "tests")
+from conftest import load_file
+from ijepa_jax import memory
+text = {name: memory.lower_step(load_file(f"configs/{name}.py").get_config(), jax.devices())["lowered"].as_text()
+        for name in ("vit_h14", "vit_h14_in22k", "vit_h16_448")}
+print("RESULT" + json.dumps({"in22k": text["vit_h14_in22k"] == text["vit_h14"],
+                             "448": text["vit_h16_448"] == text["vit_h14"], "chars": len(text["vit_h14"])}))
+"""
+
+
+def test_vit_h14_in22k_compiles_to_vit_h14s_train_step():
+  """The memory tables compile ViT-H/14 and stand for ViT-H/14-in22k too: its train step lowers to the
+  same program (model, precision, mesh, mask shapes), given the same schedule lengths, which only set
+  constants in it (the memory tool compiles every config with the same); the sampler's reference_batch
+  acts on the host. ViT-H/16 at 448 px, a different step, reads differently."""
+  import json
+  proc = subprocess.run([sys.executable, "-c", SAME_STEP], cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert out["chars"] > 100_000 and out["in22k"] and not out["448"], out
+
+
 def test_memory_cli_prints_the_table_and_rejects_bad_device_counts():
   base = [sys.executable, "-m", "ijepa_jax.memory", "--config=configs/fashion_mnist.py", "--config.mesh.data=1",
           "--config.mesh.fsdp=-1", *TINY]
