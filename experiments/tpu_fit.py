@@ -15,7 +15,8 @@ Settings: the config's own mesh (FSDP over the slice), `model.scan_layers=True` 
 layer's intermediates stacked (3.5x the unrolled temp on ViT-H/14); `remat=dots` inside the scan matched
 the unrolled `remat=none` on the one point compiled both ways (ViT-H/14, v5p-128: 6.94 GiB temp), and
 `remat=full` is the least memory. A step the compiler refuses (RESOURCE_EXHAUSTED: its temporaries
-alone exceed the HBM) is a 'no' row with the temporaries the compiler said it needs.
+alone exceed the HBM) is a 'no' row with the temporaries the compiler said it needs. vit_h14_in22k
+is not among the default configs: its train step lowers to vit_h14's very program (tests/test_memory.py).
 
 With --largest_on: for each config, slice and remat, the largest per-device batch that fits (rows in
 experiments/results/tpu_batch.md; see largest_batches).
