@@ -120,9 +120,8 @@ def smallest_slices(out: str) -> None:
 
 
 def largest_batches(out: str) -> None:
-  """Per config, slice and remat: the largest per-device batch that fits. Temp grows about linearly
-  with the batch, so two compiles (the batch of --batch and 4x it) give a line, its crossing with the
-  HBM a guess, and compiles in steps of 1/16 of the guess walk from there to the last batch that fits."""
+  """Per config, slice and remat: the largest per-device batch that fits (search_largest), starting
+  from the per-device batch of --batch."""
   from ijepa_jax import tpu_topologies
   from ijepa_jax.memory import parse_gib
   if not os.path.exists(out):
@@ -150,24 +149,42 @@ def largest_batches(out: str) -> None:
             rows[p] = r if "error" not in r else {"fits": False, "peak": None, "temp": None}
           return rows[p]
 
-        p0 = max(1, _BATCH.value // slice_.chips)
-        a, b = run(p0), run(4 * p0)
-        if not a["fits"]:
-          continue
-        lo = 4 * p0 if b["fits"] else p0
-        if b["fits"] and a["peak"] is not None and b["peak"] is not None and b["peak"] > a["peak"]:
-          slope = (b["peak"] - a["peak"]) / (3 * p0)
-          guess = int(4 * p0 + (hbm - b["peak"]) / slope)
-        else:
-          guess = 2 * p0
-        step = max(1, guess // 16)
-        p = max(lo + step, guess // step * step)
-        if run(p)["fits"]:
-          while run(p + step)["fits"]:
-            p += step
-        else:
-          while p - step > lo and not run(p - step)["fits"]:
-            p -= step
+        search_largest(run, max(1, _BATCH.value // slice_.chips), hbm)
+
+
+def search_largest(run, p0: int, hbm: float) -> int | None:
+  """The largest per-device batch p with run(p)['fits'] (None if p0 does not fit), to within 1/16 of a
+  linear guess: run(p) compiles (or recalls) batch p and returns {'fits', 'peak' (GiB or None)}. Temp
+  grows about linearly with the batch, so p0 and 4 p0 give a line and its crossing with the HBM a
+  guess; a walk up from it in steps of guess/16 while it fits, then a bisection between the largest
+  batch that fits and the smallest that does not, to within a step (the compiler's memory is not
+  always monotone in the batch, so the answer is the last 'yes' found, not a bound)."""
+  a, b = run(p0), run(4 * p0)
+  if not a["fits"]:
+    return None
+  if b["fits"] and a["peak"] is not None and b["peak"] is not None and b["peak"] > a["peak"]:
+    guess = int(4 * p0 + (hbm - b["peak"]) / ((b["peak"] - a["peak"]) / (3 * p0)))
+  else:
+    guess = 2 * p0
+  step = max(1, guess // 16)
+  yes, no = (4 * p0, None) if b["fits"] else (p0, 4 * p0)
+  p = max(yes + step, guess // step * step)
+  if run(p)["fits"]:
+    yes = p
+  else:
+    no = p
+  while no is None:                       # the guess fits: walk up
+    if run(yes + step)["fits"]:
+      yes += step
+    else:
+      no = yes + step
+  while no - yes > step:
+    mid = (yes + no) // 2
+    if run(mid)["fits"]:
+      yes = mid
+    else:
+      no = mid
+  return yes
 
 
 def main(argv):
