@@ -142,23 +142,31 @@ def largest_batches(out: str) -> None:
             rows[int(m.group(1))] = {"peak": None if "refused" in m.group(3) else parse_gib(m.group(3).strip()),
                                      "temp": parse_gib(m.group(2).split(" (")[0].strip()), "fits": m.group(4) == "yes"}
 
-        def run(p):
-          if p not in rows:
-            r = compile_once(config, name, remat, per_device_batch=p)
-            _append(out, _row(f"| {config} | {name} | {remat} |", r, hbm))
-            rows[p] = r if "error" not in r else {"fits": False, "peak": None, "temp": None}
-          return rows[p]
+        def measure(p):
+          r = compile_once(config, name, remat, per_device_batch=p)
+          _append(out, _row(f"| {config} | {name} | {remat} |", r, hbm))
+          return r if "error" not in r else {"fits": False, "peak": None, "temp": None}
 
-        search_largest(run, max(1, _BATCH.value // slice_.chips), hbm)
+        search_largest(measure, max(1, _BATCH.value // slice_.chips), hbm, rows)
 
 
-def search_largest(run, p0: int, hbm: float) -> int | None:
-  """The largest per-device batch p with run(p)['fits'] (None if p0 does not fit), to within 1/16 of a
-  linear guess: run(p) compiles (or recalls) batch p and returns {'fits', 'peak' (GiB or None)}. Temp
-  grows about linearly with the batch, so p0 and 4 p0 give a line and its crossing with the HBM a
-  guess; a walk up from it in steps of guess/16 while it fits, then a bisection between the largest
-  batch that fits and the smallest that does not, to within a step (the compiler's memory is not
-  always monotone in the batch, so the answer is the last 'yes' found, not a bound)."""
+def search_largest(measure, p0: int, hbm: float, rows: dict) -> int | None:
+  """The largest per-device batch p that fits (None if p0 does not), to within 1/16 of a linear guess.
+  measure(p) compiles batch p: {'fits', 'peak' (GiB or None)}; rows ({p: that}) holds the compiles
+  so far (a resumed search starts from them) and gains the new ones. Temp grows about linearly with
+  the batch, so p0 and 4 p0 give a line and its crossing with the HBM a guess; then a walk up in
+  steps of guess/16 while batches fit, and a bisection between the largest batch that fits and the
+  smallest larger one that does not, to within a step (the compiler's memory is not always monotone
+  in the batch, so the answer is the last 'yes' found, not a bound)."""
+  def run(p):
+    if p not in rows:
+      rows[p] = measure(p)
+    return rows[p]
+
+  def bracket():
+    yes = max(p for p, r in rows.items() if r["fits"])
+    return yes, min((p for p, r in rows.items() if not r["fits"] and p > yes), default=None)
+
   a, b = run(p0), run(4 * p0)
   if not a["fits"]:
     return None
@@ -167,23 +175,17 @@ def search_largest(run, p0: int, hbm: float) -> int | None:
   else:
     guess = 2 * p0
   step = max(1, guess // 16)
-  yes, no = (4 * p0, None) if b["fits"] else (p0, 4 * p0)
+  yes, no = bracket()
   p = max(yes + step, guess // step * step)
-  if run(p)["fits"]:
-    yes = p
-  else:
-    no = p
-  while no is None:                       # the guess fits: walk up
-    if run(yes + step)["fits"]:
-      yes += step
-    else:
-      no = yes + step
+  if no is None or p < no:
+    run(p)
+  yes, no = bracket()
+  while no is None:                       # walk up while batches fit
+    run(yes + step)
+    yes, no = bracket()
   while no - yes > step:
-    mid = (yes + no) // 2
-    if run(mid)["fits"]:
-      yes = mid
-    else:
-      no = mid
+    run((yes + no) // 2)
+    yes, no = bracket()
   return yes
 
 

@@ -32,15 +32,22 @@ def test_search_largest_finds_the_last_batch_that_fits_within_a_step(tpu_fit, ca
   def peak(p):
     return 2 + 98 * p / capacity * (1.3 if p > 60 and capacity > 60 else 1.0)
 
-  def run(p):
+  def measure(p):
     compiled.append(p)
     return {"fits": peak(p) <= hbm, "peak": peak(p)}
 
-  found = tpu_fit.search_largest(run, 8, hbm)
+  rows = {}
+  found = tpu_fit.search_largest(measure, 8, hbm, rows)
   if capacity < 8:
     assert found is None and compiled == [8, 32]
     return
   largest = max(p for p in range(1, 10 * capacity) if peak(p) <= hbm)   # 70 -> 53, 1000 -> 769
   assert found in compiled and peak(found) <= hbm
   assert 0 <= largest - found <= max(1, largest // 12), (found, largest, compiled)
-  assert len(set(compiled)) <= 12, compiled
+  assert len(compiled) == len(set(compiled)) <= 12, compiled          # each batch compiled once
+  assert sorted(rows) == sorted(compiled)
+  # resumed from its own rows it compiles nothing more; from a part of them, the rest and no others
+  again = []
+  assert tpu_fit.search_largest(again.append, 8, hbm, dict(rows)) == found and again == []
+  part = {p: rows[p] for p in compiled[:3]}
+  assert tpu_fit.search_largest(measure, 8, hbm, part) == found and len(compiled) <= 2 * len(rows) - 3
