@@ -129,7 +129,7 @@ def largest_batches(out: str) -> None:
       f.write("# Largest per-device batch per paper config and slice (TPU compiler, compile only)\n\n"
               f"Written by `experiments/tpu_fit.py --largest_on=...` (see its docstring), libtpu 0.0.42, started "
               f"{time.strftime('%Y-%m-%d')}. The config's own mesh, model.scan_layers=True. Bytes per device; "
-              "each row is one compile, the last 'yes' of a group is its answer.\n\n" + HEADER)
+              "each row is one compile, the largest 'yes' of a group is its answer.\n\n" + HEADER)
   for config in _CONFIGS.value:
     for name in _LARGEST_ON.value:
       slice_ = tpu_topologies.parse(name)
