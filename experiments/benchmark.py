@@ -277,7 +277,7 @@ def bench_host(config, sampler, batches: int) -> dict:
   sampler_times = spread(time_calls(lambda: sampler(rng, b)))
   out = dict(sampler=sampler_times, sampler_rate=b / sampler_times["median"])
   try:
-    dataset = data.make_pretrain_dataset(config, sampler, 0, 1)
+    dataset = data.make_pretrain_dataset(config, sampler)
     it = iter(dataset)
     t0 = time.perf_counter()
     for _ in range(3):  # start-up and the first batches, excluded

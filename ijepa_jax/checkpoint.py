@@ -1,9 +1,10 @@
-"""Orbax checkpoints of the train state together with the data iterator's position.
+"""Orbax checkpoints of the train state together with the data position.
 
 Layout: WORKDIR/checkpoints/<step>/{state, data}. `state` is the TrainState pytree (sharded arrays,
-restorable onto any mesh, including a single device); `data` holds one small JSON file per process
-with that process's grain iterator state, so a resumed run continues with exactly the next batch, and
-a manifest of the state: each array's shape, dtype and fingerprint.
+restorable onto any mesh and any number of processes, including a single device); `data` is one small
+JSON file: the data position (the data order is a function of the global step, so a resumed run on any
+number of processes continues with exactly the next global batch; the file records what that order
+depends on) and a manifest of the state: each array's shape, dtype and fingerprint.
 
 The manifest is what makes restoring safe. Before reading any array, the shapes are compared with the
 config's, so a checkpoint of another model is a clear error that lists the differing parameters (and is
@@ -28,25 +29,32 @@ from ijepa_jax import storage
 from ijepa_jax.errors import ConfigError
 
 
-class DataStateHandler(ocp.CheckpointHandler):
-  """Writes each process's iterator state (a JSON-able dict, snapshotted at save time)."""
+DATA_FILE = "data.json"
 
-  def _file(self, directory: epath.Path) -> epath.Path:
-    return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+def read_data(directory: epath.Path) -> dict:
+  """The `data` item of a checkpoint: {'position': ..., 'state': manifest}. Checkpoints written before the
+  data position was global hold one process_<i>-of-<n>.json per process ({'iterator': ..., 'state': ...});
+  any of them serves (the manifest is the same in each)."""
+  path = directory / DATA_FILE
+  if path.exists():
+    return json.loads(path.read_text())
+  legacy = sorted(directory.glob("process_*.json"))
+  if not legacy:
+    raise FileNotFoundError(f"{path} is missing")
+  return json.loads(legacy[0].read_text())
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+  """Writes the data position and the state's manifest: one JSON file, the same for every process, written
+  by process 0, so the checkpoint restores on any number of processes."""
 
   def save(self, directory: epath.Path, args: "DataStateSave"):
-    self._file(directory).write_text(json.dumps(args.state))
+    if jax.process_index() == 0:
+      (directory / DATA_FILE).write_text(json.dumps(args.state))
 
   def restore(self, directory: epath.Path, args: "DataStateRestore | None" = None) -> Any:
-    path = self._file(directory)
-    if not path.exists():
-      # An empty data state (an imported checkpoint, ijepa_jax.convert) fits any number of processes.
-      written = [json.loads(p.read_text()) for p in sorted(directory.glob("process_*.json"))]
-      if written and all(w.get("iterator") == {} for w in written):
-        return written[0]
-      raise FileNotFoundError(
-          f"{path} is missing: this checkpoint was written by a run with a different number of processes.")
-    return json.loads(path.read_text())
+    return read_data(directory)
 
   def metadata(self, directory: epath.Path):
     return None
@@ -79,6 +87,8 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def make_manager(workdir: str, keep: int, every: int, async_save: bool = True) -> ocp.CheckpointManager:
+  """The training run's manager: it creates the folder, saves, prunes to `keep` and cleans up what a killed
+  save left. Only the run that writes a workdir may hold one; readers restore by path (`restore_state`)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
       save_interval_steps=max(1, every),
@@ -87,6 +97,19 @@ def make_manager(workdir: str, keep: int, every: int, async_save: bool = True) -
       cleanup_tmp_directories=True,  # what a killed or failed save left half-written
   )
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=("state", "data"))
+
+
+def finished_steps(directory) -> list[int]:
+  """The steps of the finished (finalized) checkpoints in WORKDIR/checkpoints, oldest first, by listing the
+  folder alone: no manager, nothing written. A step that a live run prunes during the listing is left out."""
+  steps = []
+  for p in storage.path(directory).iterdir() if storage.path(directory).exists() else ():
+    try:
+      if p.name.isdigit() and ocp.step.is_checkpoint_finalized(p):
+        steps.append(int(p.name))
+    except OSError:   # removed meanwhile
+      pass
+  return sorted(steps)
 
 
 # ------------------------------------------------------------------------------------------ manifest
@@ -141,18 +164,18 @@ class WriteError(Exception):
 
 def _write_failed(manager, e: Exception) -> WriteError:
   # Finalized ones only: on Cloud Storage a half-written step's folder exists under its final name.
-  complete = sorted(int(p.name) for p in epath.Path(manager.directory).iterdir()
-                    if p.name.isdigit() and ocp.step.is_checkpoint_finalized(p))
+  complete = finished_steps(manager.directory)
   intact = f"the newest complete checkpoint is step {complete[-1]}" if complete else "no checkpoint was completed"
   return WriteError(f"could not write a checkpoint in {manager.directory}: {_short(e)}. Nothing was overwritten: "
                     f"{intact}. Free disk space (or fix permissions) and re-run the same command to continue.")
 
 
-def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict, force: bool = False) -> bool:
-  """Starts an (async) save of the state and the iterator state; WriteError if an earlier or this save failed."""
+def save(manager: ocp.CheckpointManager, step: int, state, position: dict, force: bool = False) -> bool:
+  """Starts an (async) save of the state and the data position (what the data order depends on: train.py's
+  `data_position`); WriteError if an earlier or this save failed."""
   if not force and not manager.should_save(step):
     return False
-  data = {"iterator": dict(data_state), "state": manifest(state)}
+  data = {"position": dict(position), "state": manifest(state)}
   try:
     return manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=DataStateSave(data)),
                         force=force)
@@ -168,21 +191,24 @@ def wait(manager: ocp.CheckpointManager, block: bool = True) -> None:
     raise _write_failed(manager, e) from None
 
 
-def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iterator: bool = True,
-            part: tuple[str, ...] = ()):
-  """abstract_state: a pytree of jax.ShapeDtypeStruct with the target shardings (any mesh).
+def restore(source, step: int, abstract_state, with_data: bool = True, part: tuple[str, ...] = ()):
+  """source: the run's CheckpointManager, or (readers) the WORKDIR/checkpoints path, read through a plain
+  Orbax Checkpointer that writes nothing. abstract_state: a pytree of jax.ShapeDtypeStruct with the target
+  shardings (any mesh).
 
   part: the path of one subtree of the state, e.g. ('target',) or ('params', 'encoder'); abstract_state
   is then that subtree alone, and only its arrays are read (an Orbax partial restore: loading one
   encoder of a ViT-H/14 costs one encoder's memory, not the ~5 encoders of the whole train state).
 
-  Returns (state or the subtree, this process's iterator state or None). Raises ConfigError when the
+  Returns (state or the subtree, the data item without the manifest or None): {'position': ...}, or
+  {'iterator': ...} in checkpoints written before the data position was global. Raises ConfigError when the
   checkpoint holds another model, DamagedCheckpoint when it cannot be read whole or an array differs
   from its fingerprint.
   """
-  directory = epath.Path(manager.directory) / str(step)
+  manager = source if isinstance(source, ocp.CheckpointManager) else None
+  directory = epath.Path(manager.directory if manager else storage.path(source)) / str(step)
   try:
-    saved = json.loads(sorted((directory / "data").glob("process_*.json"))[0].read_text())["state"]
+    saved = read_data(directory / "data")["state"]
   except Exception as e:  # pylint: disable=broad-except
     raise DamagedCheckpoint(f"its manifest in data/ cannot be read ({_short(e)})") from e
   if part:
@@ -209,10 +235,14 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iter
         partial_restore=True)}
   else:
     items = {"state": ocp.args.StandardRestore(abstract_state)}
-  if with_iterator:
+  if with_data:
     items["data"] = DataStateRestore()
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
+    if manager is not None:
+      restored = manager.restore(step, args=ocp.args.Composite(**items))
+    else:
+      with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        restored = checkpointer.restore(directory, args=ocp.args.Composite(**items))
   except Exception as e:  # pylint: disable=broad-except
     raise DamagedCheckpoint(f"it cannot be read ({_short(e)})") from e
   got = manifest(restored["state"])
@@ -222,7 +252,8 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state, with_iter
   state = restored["state"]
   for key in part:
     state = state[key]
-  return state, (restored["data"]["iterator"] if with_iterator else None)
+  data = {k: v for k, v in restored["data"].items() if k != "state"} if with_data else None
+  return state, data
 
 
 class DamagedCheckpoint(Exception):
@@ -241,18 +272,18 @@ def _all_ok(ok: bool) -> bool:
 
 
 def restore_latest(manager: ocp.CheckpointManager, workdir: str, abstract_state, report):
-  """(step, state, iterator state) from the newest checkpoint that restores whole, or None if there are
+  """(step, state, data item) from the newest checkpoint that restores whole, or None if there are
   none. Damaged ones are reported and moved to WORKDIR/damaged_checkpoints/ (never deleted)."""
   aside = storage.path(workdir) / "damaged_checkpoints"
   moved = []
   for step in sorted(manager.all_steps(), reverse=True):
     try:
-      state, iterator_state = restore(manager, step, abstract_state)
+      state, data_item = restore(manager, step, abstract_state)
       problem = None
     except DamagedCheckpoint as e:
       problem = str(e)
     if _all_ok(problem is None):  # every process must agree before using (or dropping) a checkpoint
-      return step, state, iterator_state
+      return step, state, data_item
     target = aside / f"{step}"
     if jax.process_index() == 0:
       aside.mkdir(parents=True, exist_ok=True)
@@ -276,8 +307,7 @@ def restore_state(path: str, abstract_state, part: tuple[str, ...] = ()):
   """Restores only the train state, or only its subtree at `part` (see `restore`), from
   WORKDIR/checkpoints/<step> (for notebooks and evaluation), checked against its manifest like `restore`."""
   path = storage.path(path)
-  with ocp.CheckpointManager(path.parent, item_names=("state", "data")) as mgr:
-    try:
-      return restore(mgr, int(path.name), abstract_state, with_iterator=False, part=part)[0]
-    except DamagedCheckpoint as e:
-      raise ConfigError(f"checkpoint {path} is damaged: {e}. Load an earlier step.") from None
+  try:
+    return restore(path.parent, int(path.name), abstract_state, with_data=False, part=part)[0]
+  except DamagedCheckpoint as e:
+    raise ConfigError(f"checkpoint {path} is damaged: {e}. Load an earlier step.") from None

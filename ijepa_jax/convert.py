@@ -376,8 +376,8 @@ def write(config, out: str, state) -> str:
     raise ConfigError(f"{existing} already holds checkpoints: choose an empty --out")
   storage.check_writable(out, "--out")
   manager = checkpoint.make_manager(out, config.keep_checkpoints, config.checkpoint_every, async_save=False)
-  # An empty data state: training from here starts the data pipeline afresh (train.py handles it).
-  checkpoint.save(manager, 0, state, data_state={}, force=True)
+  # An empty data position: training from here reads the data order of this config from the state's step.
+  checkpoint.save(manager, 0, state, position={}, force=True)
   manager.wait_until_finished()
   manager.close()
   storage.write_text(storage.join(out, "config.json"), config.to_json_best_effort(indent=2))

@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
       jpeg_draft=True,           # image_folder: decode a JPEG at 1/2-1/8 scale when its crop keeps >= image_size
                                  # pixels (libjpeg DCT scaling; same crop boxes); False: always the full decode
       synthetic_size=256,
+      accept_new_order=False,    # resume a checkpoint written with another batch_size, seed or dataset size:
+                                 # the data continue as a run started with this config would at that step
   ))
 
   c.mask = ml_collections.ConfigDict(dict(

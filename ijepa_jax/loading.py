@@ -5,7 +5,8 @@ whole train state, from a local or gs:// workdir whose checkpoints any mesh wrot
   features = encoder.apply({'params': params}, images)
 
 `load_encoder` reads only the arrays of the encoder asked for (an Orbax partial restore): one encoder's
-memory. `load` reads the whole train state (context and target encoder, predictor and both Adam moments,
+memory. Reading never writes: nothing in the workdir is created, cleaned up or moved, so a notebook can
+read a run while it trains. `load` reads the whole train state (context and target encoder, predictor and both Adam moments,
 ~5 encoders' worth), which only resuming or rewriting a checkpoint needs.
 """
 from __future__ import annotations
@@ -32,19 +33,32 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(config_file.read_text()))
 
 
-def _prepare(workdir: str, step: int | None, devices):
-  """(config with a data-parallel mesh over `devices`, that mesh, the step, its checkpoint directory)."""
+def _prepare(workdir: str, devices):
+  """(config with a data-parallel mesh over `devices`, that mesh)."""
   config = read_config(workdir)
   devices = jax.devices()[:1] if devices is None else devices
   # The mesh that wrote the checkpoint does not matter: Orbax reshards onto this one.
   config.mesh = ml_collections.ConfigDict(dict(data=len(devices), fsdp=1))
-  mesh = sharding.make_mesh(config.mesh, devices)
-  manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.checkpoint_every)
-  step = manager.latest_step() if step is None else step
-  manager.close()
-  if step is None:
-    raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-  return config, mesh, step, storage.join(checkpoint.checkpoint_dir(workdir), str(step))
+  return config, sharding.make_mesh(config.mesh, devices)
+
+
+def _restore(workdir: str, step: int | None, abstract, part=()):
+  """(the state or its part at `step`, step). Only reads: a run may be training in this workdir. With
+  step=None the newest finished checkpoint; if that one is pruned by the run while being read, the next
+  newest."""
+  for _ in range(3):
+    steps = checkpoint.finished_steps(checkpoint.checkpoint_dir(workdir))
+    at = (steps[-1] if steps else None) if step is None else step
+    if at is None:
+      raise ConfigError(f"no checkpoint in {checkpoint.checkpoint_dir(workdir)}")
+    path = storage.join(checkpoint.checkpoint_dir(workdir), str(at))
+    try:
+      return checkpoint.restore_state(path, abstract, part=part), at
+    except ConfigError:
+      if step is not None or storage.path(path).exists():
+        raise
+  raise ConfigError(f"the checkpoints in {checkpoint.checkpoint_dir(workdir)} were pruned faster than they "
+                    f"could be read: pass a step, or read when the run has finished.")
 
 
 def load_encoder(workdir: str, step: int | None = None, encoder: str = "target", devices=None):
@@ -53,22 +67,21 @@ def load_encoder(workdir: str, step: int | None = None, encoder: str = "target",
   or 'context'. Only that encoder's arrays are read."""
   if encoder not in ENCODERS:
     raise ConfigError(f"encoder={encoder!r}: use 'target' or 'context'.")
-  config, mesh, step, path = _prepare(workdir, step, devices)
+  config, mesh = _prepare(workdir, devices)
   module, _ = state_lib.models(config)
   abstract = state_lib.abstract_encoder(config, module, mesh)
-  params = checkpoint.restore_state(path, abstract, part=ENCODERS[encoder])
+  params, step = _restore(workdir, step, abstract, part=ENCODERS[encoder])
   return config, module, params, step
 
 
 def load(workdir: str, step: int | None = None, devices=None):
   """(config, encoder, state): the whole TrainState from a workdir's checkpoint, restored onto `devices`
   (default: one device). For features, `load_encoder` needs a fifth of the memory."""
-  config, mesh, _, path = _prepare(workdir, step, devices)
+  config, mesh = _prepare(workdir, devices)
   encoder, predictor = state_lib.models(config)
   sampler = make_sampler(config.mask, config.data.image_size // config.model.patch_size)
   # Schedule lengths only shape the optimizer's functions, not its state: any positive values do.
   init_state = state_lib.make_init(config, encoder, predictor, optim.make_optimizer(config.optim, 1, 0), sampler)
   abstract_state, _ = state_lib.abstract(jax.eval_shape(init_state, jax.random.key(config.seed)), mesh,
                                          sharding.rules(config))
-  # Only the train state: the data iterator position belongs to the processes that wrote it.
-  return config, encoder, checkpoint.restore_state(path, abstract_state)
+  return config, encoder, _restore(workdir, step, abstract_state)[0]

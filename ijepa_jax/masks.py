@@ -164,6 +164,12 @@ class MultiBlockSampler:
     exclusions dropped by its fallback)."""
     return max(h * w for h, w in self._sizes(self.context_scale, self.context_aspect))
 
+  @property
+  def group_size(self) -> int:
+    """Images that share one draw of block sizes (the data pipeline draws each group of a global batch
+    from its own generator): the release's per-GPU batch for counts='release', 0 (the whole batch) else."""
+    return self.shard_size if self.counts == "release" else 0
+
   def example_shapes(self) -> dict[str, tuple[int, ...]]:
     """Per-image shapes of the int32 arrays __call__ returns."""
     shapes = {"context_idx": (self.num_context,), "target_idx": (self.num_targets, self.num_target)}

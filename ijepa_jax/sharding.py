@@ -108,6 +108,14 @@ def data_parallel_size(mesh: Mesh) -> int:
   return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
+def process_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
+  """The global batch rows this process's devices hold, in the order `global_batch` expects its local
+  batch (jax.make_array_from_process_local_data: the process's slices, ascending)."""
+  slices = batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+  starts = sorted({(s[0].start or 0, s[0].stop if s[0].stop is not None else batch_size) for s in slices})
+  return np.concatenate([np.arange(a, b) for a, b in starts])
+
+
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Assembles per-process numpy batches into global arrays split over the batch axes."""
   sharding = batch_sharding(mesh)

@@ -41,6 +41,14 @@ class Slice:
   hbm_bytes: int               # per chip = per device
 
   @property
+  def hosts(self) -> int:
+    """TPU VM hosts (one JAX process each): 4 chips a host, except the single-host v5e / v6e slices of up
+    to 8 chips."""
+    if not self.megacore and self.chips <= 8:
+      return 1
+    return max(1, self.chips // 4)
+
+  @property
   def topology_name(self) -> str:
     return f"{GENERATIONS[self.generation][0]}:{'x'.join(map(str, self.shape))}"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 
@@ -40,6 +41,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"batch_size={config.batch_size} must be positive.")
   if len(d.mean) != d.channels or len(d.std) != d.channels:
     raise ConfigError(f"data.mean/std need {d.channels} values (one per channel).")
+
+
+def check_processes(config, sampler, process_count: int, num_devices: int) -> None:
+  """What the global batch must divide, for this many processes and devices (a launch recipe's numbers:
+  e.g. a v5p-256 is 32 processes x 4 chips, a SLURM job of 4 nodes x 8 GPUs 32 processes x 1 GPU)."""
+  sharding.mesh_shape(config.mesh, num_devices)     # a mesh that does not fit the devices is named there
+  b = config.batch_size
+  if b % num_devices or b % process_count:
+    raise ConfigError(f"batch_size={b} is not divisible by the {num_devices} devices (the batch is split over "
+                      f"all of them) and the {process_count} processes: change --config.batch_size to a multiple "
+                      f"of {math.lcm(num_devices, process_count)}.")
+  data.mask_group_size(sampler, b)
+  check_accumulation(config, num_devices)
 
 
 def check_accumulation(config, dp: int) -> None:
@@ -94,6 +108,33 @@ def schedule_lengths(config, num_examples: int) -> tuple[int, int]:
   return total, min(warmup, total)
 
 
+# ============================================================================ data order
+def data_position(config, num_examples: int, step: int) -> dict:
+  """What a checkpoint records of the data: the global step and what the global data order depends on."""
+  return {"step": step, "batch_size": int(config.batch_size), "seed": int(config.seed), "num_examples": num_examples}
+
+
+def check_data_order(config, item: dict, num_examples: int, step: int) -> None:
+  """A resumed run continues the checkpointed run's data order; one that would not is an error unless
+  data.accept_new_order (then the data continue as a run started with this config would at `step`)."""
+  saved = item.get("position")
+  if saved:
+    now = data_position(config, num_examples, step)
+    differ = [f"{k} {saved.get(k)} -> {now[k]}" for k in ("batch_size", "seed", "num_examples")
+              if saved.get(k) != now[k]]
+    why = "its " + ", ".join(differ)
+  elif item.get("iterator"):   # written before the data position was global (per-process grain iterators)
+    differ, why = True, "it was written by an older version whose data order depended on the process count"
+  else:                        # an imported checkpoint (ijepa_jax.convert): no data position yet
+    differ = []
+  if differ and not config.data.get("accept_new_order", False):
+    raise ConfigError(
+        f"the checkpoint at step {step} was written with another data order ({why}): resuming would not see "
+        f"the batches the run would have seen. Resume with the checkpoint's values, or accept a new data order "
+        f"with --config.data.accept_new_order=True (the data then continue as a run started with this config "
+        f"would at step {step}).")
+
+
 # ============================================================================ the loop
 def _diverged(step: int) -> str:
   return (f"the loss or the gradients are not finite at step {step}; the last checkpoint is intact "
@@ -112,40 +153,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # -- mesh
   mesh = sharding.make_mesh(config.mesh, dcn_cfg=config.mesh_dcn)
-  dp = sharding.data_parallel_size(mesh)
-  if config.batch_size % dp or config.batch_size % jax.process_count():
-    raise ConfigError(f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
-                      f"(mesh {dict(mesh.shape)}) and {jax.process_count()} processes: change --config.batch_size.")
-  check_accumulation(config, dp)
 
-  # -- masks and data
+  # -- masks and the data source (listed once per host)
   grid = config.data.image_size // config.model.patch_size
   sampler = make_sampler(config.mask, grid)
-  local_batch = config.batch_size // jax.process_count()
-  if sampler.counts == "release" and local_batch % sampler.shard_size:
-    raise ConfigError(f"mask.counts=release draws masks for groups of mask.reference_batch="
-                      f"{sampler.shard_size} images (the release's per-GPU batch), but each of the "
-                      f"{jax.process_count()} processes reads {local_batch}: set --config.mask.reference_batch "
-                      f"to a divisor of {local_batch}.")
-  num_examples = len(data.make_source(config, config.data.split))
+  check_processes(config, sampler, jax.process_count(), mesh.size)
+  source = data.make_source(config, config.data.split)
+  num_examples = len(source)
   total_steps, warmup_steps = schedule_lengths(config, num_examples)
-  dataset = data.make_pretrain_dataset(config, sampler, jax.process_index(), jax.process_count())
-  iterator = iter(dataset)
 
   # -- model, sharded state, step
   encoder, abstract_state, init, train_step = build(config, mesh, sampler, total_steps, warmup_steps)
   manager = checkpoint.make_manager(workdir, config.keep_checkpoints, config.checkpoint_every)
   restored = checkpoint.restore_latest(manager, workdir, abstract_state, report=_say)
   if restored is not None:
-    latest, state, data_state = restored
-    # An imported checkpoint (ijepa_jax.convert) has no data position: the pipeline starts afresh.
-    if data_state:
-      iterator.set_state(data_state)
+    latest, state, data_item = restored
+    check_data_order(config, data_item, num_examples, int(state.step))
     resumed = f"Resumed from {checkpoint.checkpoint_dir(workdir)}/{latest} (step {int(state.step)})."
   else:
     state, resumed = init(), None
     if jax.process_index() == 0:
       storage.write_text(storage.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+
+  # -- data: the global batches from the state's step on, this process's rows of each
+  iterator = iter(data.make_pretrain_dataset(config, sampler, sharding.process_rows(mesh, config.batch_size),
+                                             int(state.step), source=source))
   writer = metrics.MetricWriter(workdir, total_steps, start_step=int(state.step))
   if resumed:
     writer.message(resumed)
@@ -212,7 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           if int(m["nonfinite"]) and not config.skip_nonfinite_steps:  # never save a broken state
             raise FloatingPointError(_diverged(done))
           writer.flush()  # the metrics up to this checkpoint are durable with it (gs:// included)
-          checkpoint.save(manager, done, state, iterator.get_state(), force=done == stop or preempted)
+          checkpoint.save(manager, done, state, data_position(config, num_examples, done),
+                          force=done == stop or preempted)
         if preempted:
           break
   finally:  # pending saves complete even when the run stops on an error: checkpoints stay whole
@@ -238,15 +271,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     initial = state_lib.initial_encoder_params(config, encoder) if config.probe.random_init_baseline else None
     results = probes.run(config, encoder, state.target, initial, mesh, workdir, step=at)
   if config.write_plots and at == total_steps and jax.process_index() == 0:
-    _write_plots(config, sampler, workdir)
+    _write_plots(config, sampler, workdir, source)
   manager.close()
   writer.close()
   return {"state": state, "compiles": compiles, **results}
 
 
-def _write_plots(config, sampler, workdir: str) -> None:
+def _write_plots(config, sampler, workdir: str, source) -> None:
   from ijepa_jax import plots
-  images, _ = data.load_eval_arrays(config, config.data.split, 6)  # the split that exists: it was trained on
+  images, _ = data.load_eval_arrays(config, config.data.split, 6, source)  # the split it was trained on
   masks = dataclasses.replace(sampler, shard_size=0)(np.random.default_rng(config.seed), len(images))  # one shard
   written = plots.write_run_plots(workdir, images, masks, config.data.image_size // config.model.patch_size)
   print(f"Plots: {', '.join(os.path.basename(p) for p in written)} in {workdir}.", flush=True)

@@ -38,7 +38,7 @@ def _garble(step_dir):
 def _silently_changed(step_dir):
   """An array whose bytes read fine but are not what was saved (stands in for bit rot the reader
   cannot see): its recorded fingerprint no longer matches."""
-  path = os.path.join(step_dir, "data", "process_0-of-1.json")
+  path = os.path.join(step_dir, "data", "data.json")
   data = json.loads(open(path).read())
   data["state"]["params/encoder/blocks_0/mlp/fc1/kernel"]["fingerprint"] += 1
   open(path, "w").write(json.dumps(data))

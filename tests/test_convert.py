@@ -355,8 +355,8 @@ def test_an_imported_data_state_fits_any_process_count(release, monkeypatch):
   from etils import epath
   from ijepa_jax import checkpoint
   data_dir = epath.Path(release["out"]) / "checkpoints" / "0" / "data"
-  assert [p.name for p in data_dir.glob("process_*.json")] == ["process_0-of-1.json"]
+  assert [p.name for p in data_dir.iterdir()] == ["data.json"]
   monkeypatch.setattr(jax, "process_count", lambda: 4)
   monkeypatch.setattr(jax, "process_index", lambda: 3)
   restored = checkpoint.DataStateHandler().restore(data_dir)
-  assert restored["iterator"] == {} and "params/encoder/patch_embed/kernel" in restored["state"]
+  assert restored["position"] == {} and "params/encoder/patch_embed/kernel" in restored["state"]

@@ -169,14 +169,11 @@ def test_pipeline_channels_and_epochs():
 
 
 def _check_resume(cfg):
-  ds = data.make_pretrain_dataset(cfg, mask_fn)
-  it = iter(ds)
+  """Batches 3..5 of a stream equal a stream started at step 3: the position is the global step alone."""
+  it = iter(data.make_pretrain_dataset(cfg, mask_fn))
   take(it, 3)
-  state = json.loads(json.dumps(it.get_state()))  # must survive JSON (orbax JsonSave)
   expected = take(it, 3)
-  it2 = iter(data.make_pretrain_dataset(cfg, mask_fn))
-  take(it2, 1)  # restoring also works on a used iterator
-  it2.set_state(state)
+  it2 = iter(data.make_pretrain_dataset(cfg, mask_fn, start_step=3))
   got = take(it2, 3)
   for i in (it, it2):
     if hasattr(i, "close"):
@@ -203,7 +200,7 @@ def test_processes_disjoint():
   cfg = make_config("synthetic", synthetic_size=n, batch_size=8, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
   seen = []
   for p in range(2):
-    batches = take(iter(data.make_pretrain_dataset(cfg, mask_fn, process_index=p, process_count=2)),
+    batches = take(iter(data.make_pretrain_dataset(cfg, mask_fn, data.process_rows(8, p, 2))),
                    n // 2 // 4)  # one epoch: 32 examples per process in batches of 4
     assert batches[0]["images"].shape == (4, 16, 16, 1)
     seen.append({im.tobytes() for b in batches for im in b["images"]})
@@ -213,9 +210,42 @@ def test_processes_disjoint():
   assert seen[0] | seen[1] == {source[i]["image"].tobytes() for i in range(n)}
 
 
+class _GroupMasks:
+  """A sampler whose draws depend on the whole group (as the release's truncation to a group's shortest
+  context does): each row holds the group's first draw and its own."""
+  group_size = 4
+
+  def __call__(self, rng, batch_size):
+    assert batch_size == self.group_size
+    shared = rng.integers(0, 1000)
+    return {"context_idx": np.stack([np.full(batch_size, shared), rng.integers(0, 1000, batch_size)], 1)}
+
+
+@pytest.mark.parametrize("source", ["synthetic", "image_folder"])
+def test_global_batches_do_not_depend_on_the_process_count(source, image_tree):
+  """The global batch of every step (images, crops, masks) is the same however its rows are spread over
+  processes: 1 process, 4 contiguous quarters (each half of a mask group), or 2 interleaved sets of rows as a
+  mesh can lay them out; so is a run resumed at step 2 on another process count."""
+  cfg = make_config(source, path=str(image_tree), channels=3, synthetic_size=40, batch_size=8)
+  masks = _GroupMasks()
+  whole = take(iter(data.make_pretrain_dataset(cfg, masks)), 4)
+  for layout in ([[0, 1], [2, 3], [4, 5], [6, 7]], [[0, 1, 4, 5], [2, 3, 6, 7]]):
+    parts = [take(iter(data.make_pretrain_dataset(cfg, masks, rows)), 4) for rows in layout]
+    order = np.argsort(np.concatenate(layout))
+    joined = [{k: np.concatenate([p[i][k] for p in parts])[order] for k in whole[0]} for i in range(4)]
+    assert_same(whole, joined)
+    resumed = [take(iter(data.make_pretrain_dataset(cfg, masks, rows, start_step=2)), 2) for rows in layout]
+    assert_same(whole[2:], [{k: np.concatenate([p[i][k] for p in resumed])[order] for k in whole[0]}
+                            for i in range(2)])
+  ctx = whole[0]["context_idx"]
+  assert len(set(ctx[:4, 0])) == 1 and len(set(ctx[4:, 0])) == 1 and ctx[0, 0] != ctx[4, 0]  # one draw a group
+
+
 def test_config_errors(tmp_path):
   with pytest.raises(ConfigError, match="batch_size"):
-    data.make_pretrain_dataset(make_config(batch_size=9), mask_fn, 0, 2)
+    data.process_rows(9, 0, 2)
+  with pytest.raises(ConfigError, match="--config.mask.reference_batch to a divisor of 9"):
+    data.make_pretrain_dataset(make_config(batch_size=9), _GroupMasks())
   with pytest.raises(ConfigError, match="fashion_mnist"):
     data.make_source(make_config("nope"), "train")
   with pytest.raises(ConfigError, match="--config.data.tfds_name"):
@@ -467,14 +497,18 @@ def test_load_crop_skips_and_counts_corrupt_files(jpeg_tree, caplog):
 def test_jpeg_pipeline_matches_the_per_example_crops(jpeg_tree):
   """jpeg_draft=False: the image-folder pipeline's batches are those of cropping each decoded image
   (grain's per-example path over the source); with DCT scaling, the same masks and skipped counts."""
-  import grain
   from ijepa_jax.data import pipeline
   cfg = make_config("image_folder", path=str(jpeg_tree), channels=3, batch_size=5, image_size=64, jpeg_draft=False)
   got = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 4)
-  ds = grain.MapDataset.source(data.make_source(cfg, "train")).seed(cfg.seed).shuffle().repeat()[0::1]
-  ds = ds.random_map(pipeline._CropExample(64, (0.3, 1.0), (3 / 4, 4 / 3), 3))
-  ds = ds.batch(5, drop_remainder=True, batch_fn=pipeline._stack_batch).random_map(pipeline._AddMasks(mask_fn))
-  assert_same(got, take(iter(ds.to_iter_dataset()), 4))
+  source = data.make_source(cfg, "train")
+  order, crop = data.GlobalOrder(len(source), 5, cfg.seed), pipeline._CropExample(source, 64, (0.3, 1.0),
+                                                                                   (3 / 4, 4 / 3), 3, cfg.seed)
+  add_masks = pipeline._AddMasks(mask_fn, 5, np.arange(5), cfg.seed)
+  expected = []
+  for step in range(4):
+    rows = [crop.map({"step": step, "row": r, "index": int(order.indices(step, [r])[0])}) for r in range(5)]
+    expected.append(add_masks.map(pipeline._stack_batch(rows)))
+  assert_same(got, expected)
   assert sum(int(b["skipped"].sum()) for b in got) >= 1  # the corrupt file was drawn and counted
   cfg.data.jpeg_draft = True
   drafted = take(iter(data.make_pretrain_dataset(cfg, mask_fn)), 4)

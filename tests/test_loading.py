@@ -50,7 +50,7 @@ def test_load_encoder_reads_only_its_arrays_and_checks_them(tmp_path, monkeypatc
   encoder_bytes = sum(x.nbytes for x in jax.tree.leaves(state.target))
   assert part == encoder_bytes and whole > 4 * encoder_bytes    # params, target, 2 Adam moments, predictor
   # The manifest guards a partial restore too: a silently changed target array is found ...
-  manifest = tmp_path / "checkpoints" / "4" / "data" / "process_0-of-1.json"
+  manifest = tmp_path / "checkpoints" / "4" / "data" / "data.json"
   saved = json.loads(manifest.read_text())
   saved["state"]["target/blocks_0/mlp/fc1/kernel"]["fingerprint"] += 1
   manifest.write_text(json.dumps(saved))
@@ -62,3 +62,35 @@ def test_load_encoder_reads_only_its_arrays_and_checks_them(tmp_path, monkeypatc
 
 def test_train_load_is_the_whole_state_loader():
   assert train.load is loading.load
+
+
+def test_reading_a_live_run_never_disturbs_it(tmp_path):
+  """A notebook reading a run while it trains: load_encoder in a loop, while the run checkpoints every step
+  and prunes to 2. The run finishes (rc 0), every checkpoint it kept restores, and the reads wrote nothing:
+  no damaged_checkpoints/, no file the run did not write itself."""
+  import os
+  import subprocess
+  import sys
+  import time
+  from conftest import REPO
+  from test_cli import TINY
+  run = subprocess.Popen(
+      [sys.executable, "-m", "ijepa_jax.main", "--config=configs/fashion_mnist.py", f"--workdir={tmp_path}", *TINY,
+       "--config.total_steps=40", "--config.checkpoint_every=1", "--config.keep_checkpoints=2",
+       "--config.probe.enabled=False", "--config.write_plots=False", "--config.cpu_devices=1"],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  steps_read, deadline = set(), time.time() + 300
+  while run.poll() is None and time.time() < deadline:
+    try:
+      steps_read.add(loading.load_encoder(str(tmp_path))[3])
+    except ConfigError as e:   # before the first checkpoint (no config.json / checkpoint yet) only
+      assert not steps_read and ("not found" in str(e) or "no checkpoint" in str(e)), e
+      time.sleep(0.2)
+  out, err = run.communicate(timeout=60)
+  assert run.returncode == 0, err[-3000:]
+  assert len(steps_read) >= 3, steps_read   # it read while the run was checkpointing
+  assert "Finished at step 40 of 40" in out and "damaged" not in out + err
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["39", "40"]
+  assert not (tmp_path / "damaged_checkpoints").exists()
+  for step in (39, 40):
+    assert loading.load(str(tmp_path), step=step)[2].step == step

@@ -57,12 +57,6 @@ def test_data_wait_is_logged_and_sees_a_slow_pipeline(tmp_path, monkeypatch):
       time.sleep(0.2)
       return next(self._it)
 
-    def get_state(self):
-      return self._it.get_state()
-
-    def set_state(self, state):
-      self._it.set_state(state)
-
   monkeypatch.setattr(data, "make_pretrain_dataset", lambda *a, **k: Slow(real(*a, **k)))
   slow = tmp_path / "slow"
   train.train_and_evaluate(tiny_config(total_steps=8, log_every=4), str(slow))
@@ -91,6 +85,26 @@ def test_resume_continues_with_exactly_the_next_batches(tmp_path):
   final = train.train_and_evaluate(tiny_config(), str(full))["state"]  # restored, nothing to train
   jax.tree.map(np.testing.assert_array_equal, final.params, out["state"].params)
   jax.tree.map(np.testing.assert_array_equal, final.target, out["state"].target)
+  with pytest.raises(ConfigError, match=r"batch_size 16 -> 8.*--config.data.accept_new_order=True"):
+    train.train_and_evaluate(tiny_config(batch_size=8), str(full))   # another data order: refused, named
+
+
+def test_check_data_order():
+  """What a checkpoint's data position allows: the same order; another one (batch size, seed, dataset size,
+  or a checkpoint from before the order was global) only with data.accept_new_order; an imported
+  checkpoint (no position) anything."""
+  c = tiny_config()
+  same = {"position": train.data_position(c, 100, 4)}
+  train.check_data_order(c, same, 100, 4)
+  train.check_data_order(c, {"position": {}}, 100, 4)                 # ijepa_jax.convert's
+  for item, n, what in (({"position": train.data_position(tiny_config(seed=1), 100, 4)}, 100, "seed 1 -> 0"),
+                        (same, 90, "num_examples 100 -> 90"),
+                        ({"iterator": {"next_index": 4}}, 100, "older version")):
+    with pytest.raises(ConfigError, match=f"{what}.*--config.data.accept_new_order=True"):
+      train.check_data_order(c, item, n, 4)
+    c.data.accept_new_order = True
+    train.check_data_order(c, item, n, 4)
+    c.data.accept_new_order = False
 
 
 MESH_SCRIPT = textwrap.dedent("""
@@ -141,7 +155,7 @@ def test_same_loss_and_params_on_1_and_8_devices_and_with_grad_accumulation(tmp_
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(proc.stdout.split("RESULT", 1)[1])
-  assert "not divisible by the data-parallel size 8" in results.pop("batch_error")
+  assert "is not divisible by the 8 devices" in results.pop("batch_error")
   assert "grad_accum_steps=4 does not split batch_size=16" in results.pop("accum_error")
   assert {"1x1 accum 2", "1x1 accum 4", "4x2 accum 2", "1x8 accum 2"} <= set(results)
   ref = results.pop("1x1")
@@ -379,3 +393,60 @@ def test_the_default_switches_are_bit_identical_to_a_config_without_them():
 def test_an_unknown_target_is_a_config_error(tmp_path):
   with pytest.raises(ConfigError, match="representation.*pixels"):
     train.train_and_evaluate(tiny_config(target="pixel"), str(tmp_path))
+
+
+def _launch_recipes(readme: str):
+  """(name, processes, devices, config file, overrides) of every multi-process launch in the README's sh blocks:
+  a Cloud TPU pod slice (processes = the slice's hosts), srun (nodes x tasks), one machine with N GPUs."""
+  import re
+  from ijepa_jax import tpu_topologies
+  recipes = []
+  for block in re.findall(r"```sh\n(.*?)```", readme, re.S):
+    comment, slice_name = "", None
+    for command in block.replace("\\\n", " ").splitlines():
+      named = re.findall(r"\b(v\d\w*-\d+)\b", command)
+      slice_name = named[-1] if named else slice_name   # the slice a comment or --accelerator-type names
+      if command.startswith("#"):
+        comment = command
+        continue
+      config = re.search(r"ijepa_jax\.main .*--config=(\S+)", command)
+      if config is None:            # not a training launch, or a generic form (--config=... elided)
+        continue
+      config = config.group(1).strip("\"'")
+      overrides = dict(re.findall(r"--config\.([\w.]+)=(\S+)", command))
+      if "--worker=all" in command:
+        tpu = tpu_topologies.parse(slice_name)
+        recipes.append((f"TPU {tpu.name}", tpu.hosts, tpu.chips, config, overrides))
+      elif command.startswith("srun"):
+        flags_ = {k: int(v) for k, v in re.findall(r"--(nodes|ntasks-per-node|gpus-per-task)=(\d+)", command)}
+        processes = flags_["nodes"] * flags_["ntasks-per-node"]
+        recipes.append(("SLURM", processes, processes * flags_.get("gpus-per-task", 1), config, overrides))
+      elif (gpus := re.search(r"(\d+) GPUs", comment)) and "--distributed" not in command:
+        recipes.append(("multi-GPU", 1, int(gpus.group(1)), config, overrides))
+  return recipes
+
+
+def test_launch_recipes_pass_the_config_checks():
+  """Every launch recipe in the README starts: its processes and devices fit the config's rules (the batch
+  splits over devices, processes and mask groups). vit_h14 accepts 16, 32 and 64 hosts at batch 2048, each
+  holding part of a mask group when it reads fewer than 128 images; numbers that do not divide name the fix."""
+  from conftest import REPO, load_file
+  from ijepa_jax import tpu_topologies
+  from ijepa_jax.mask_strategies import make_sampler
+  recipes = _launch_recipes(open(os.path.join(REPO, "README.md")).read())
+  assert {r[0].split()[0] for r in recipes} == {"TPU", "SLURM", "multi-GPU"}, recipes
+  for name, processes, devices, config_file, overrides in recipes:
+    config = load_file(config_file).get_config()
+    assert not set(overrides) - {"data.path", "data.source"}, (name, overrides)   # nothing that sets batch or mesh
+    sampler = make_sampler(config.mask, config.data.image_size // config.model.patch_size)
+    train.check_processes(config, sampler, processes, devices)
+  h14 = load_file("configs/vit_h14.py").get_config()
+  sampler = make_sampler(h14.mask, h14.data.image_size // h14.model.patch_size)
+  for slice_name in ("v5p-128", "v5p-256", "v6e-256"):
+    tpu = tpu_topologies.parse(slice_name)
+    train.check_processes(h14, sampler, tpu.hosts, tpu.chips)      # 16, 32 and 64 processes
+  with pytest.raises(ConfigError, match="--config.batch_size to a multiple of 96"):
+    train.check_processes(h14, sampler, 48, 96)
+  h14.mask.reference_batch = 96
+  with pytest.raises(ConfigError, match="--config.mask.reference_batch to a divisor of 2048"):
+    train.check_processes(h14, make_sampler(h14.mask, 16), 16, 64)
