@@ -68,8 +68,8 @@ GCS_BUCKET = "ijepa-test"
 def gcs():
   """A Cloud Storage emulator (tests/gcs_emulator.py: gcp-storage-emulator's JSON API) on 127.0.0.1 for the whole session, with
   bucket GCS_BUCKET, and both storage clients pointed at it by their documented settings:
-  STORAGE_EMULATOR_HOST (gcsfs, behind etils.epath) and TENSORSTORE_GCS_HTTP_URL (tensorstore, behind
-  Orbax). Subprocesses inherit them. Yields a function: gcs("name") -> a fresh gs:// prefix."""
+  STORAGE_EMULATOR_HOST (gcsfs, behind etils.epath), TENSORSTORE_GCS_HTTP_URL (tensorstore, behind
+  Orbax) and CLOUD_STORAGE_EMULATOR_ENDPOINT (google-cloud-cpp, behind array_record). Subprocesses inherit them. Yields a function: gcs("name") -> a fresh gs:// prefix."""
   import socket
   import subprocess
   import sys
@@ -92,6 +92,7 @@ def gcs():
       time.sleep(0.1)
   url = f"http://127.0.0.1:{port}"
   settings = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
+              "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,   # google-cloud-cpp, behind array_record's gs:// reads
               # gcsfs's bucket-type probe uses a gRPC control API that the emulator does not serve
               "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
   before = {k: os.environ.get(k) for k in settings}

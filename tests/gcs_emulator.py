@@ -5,14 +5,23 @@ the real API that tensorstore (Orbax's array writer) relies on and that emulator
   object's generation from them; without them it reports "Malformed StorageGeneration");
 - the generation preconditions `ifGenerationMatch` / `ifGenerationNotMatch` on downloads (412 / 304)
   and `ifGenerationMatch` on single-request uploads (412; 0 = the object must not exist), which
-  tensorstore's OCDBT manifest commits use.
+  tensorstore's OCDBT manifest commits use;
+- suffix byte ranges on downloads (`Range: bytes=-N`, the last N bytes), with which array_record's reader
+  (google-cloud-cpp) reads a shard's footer.
 
 Both follow https://cloud.google.com/storage/docs/json_api (request preconditions, object headers).
 Nothing of ijepa_jax is replaced: its storage clients (gcsfs and tensorstore) talk HTTP to this server.
 
-  python tests/gcs_emulator.py --port=PORT --bucket=NAME
+  python tests/gcs_emulator.py --port=PORT --bucket=NAME [--latency_ms=MS]
+
+--latency_ms (for benchmarks, experiments/data_sources.py): every request waits this long before it is
+served, and requests are served concurrently (one thread each), as a real bucket serves a host's many
+readers: the per-request latency of Cloud Storage without its bandwidth limits.
 """
 import argparse
+import http.server
+import re
+import time
 from http import HTTPStatus
 
 from gcp_storage_emulator import server
@@ -34,6 +43,11 @@ def _query(request, name):
 
 def download(request, response, storage, *args, **kwargs):
   obj = _current(request, storage)
+  suffix = re.fullmatch(r"\s*bytes=-(\d+)\s*", request.get_header("range", "") or "")
+  if obj is not None and suffix:   # the emulator serves bytes=START-[END] only: turn the suffix into that form
+    headers = request._request_handler.headers   # pylint: disable=protected-access
+    del headers["range"]
+    headers["Range"] = f"bytes={max(0, int(obj['size']) - int(suffix.group(1)))}-"
   if obj is not None:
     generation = str(obj["generation"])
     response["x-goog-generation"] = generation
@@ -71,6 +85,21 @@ def insert(request, response, storage, *args, **kwargs):
   objects.insert(request, response, storage, *args, **kwargs)
 
 
+def _add_latency(seconds: float):
+  handler = server.RequestHandler
+  for method in ("do_GET", "do_POST", "do_PUT", "do_DELETE", "do_PATCH"):
+    def delayed(self, _served=getattr(handler, method)):
+      time.sleep(seconds)
+      return _served(self)
+    setattr(handler, method, delayed)
+  server.server.HTTPServer = _ConcurrentServer   # the emulator's APIThread builds its server from this name
+
+
+class _ConcurrentServer(http.server.ThreadingHTTPServer):
+  request_queue_size = 256   # a host's many readers connect at once (the default backlog of 5 drops SYNs)
+  daemon_threads = True
+
+
 def _install():
   for _, handlers in server.HANDLERS:
     for method, handler in list(handlers.items()):
@@ -86,8 +115,11 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--port", type=int, required=True)
   parser.add_argument("--bucket", required=True)
+  parser.add_argument("--latency_ms", type=float, default=0.0)
   args = parser.parse_args()
   _install()
+  if args.latency_ms > 0:
+    _add_latency(args.latency_ms / 1000)
   server.create_server("127.0.0.1", args.port, in_memory=True, default_bucket=args.bucket).run()
 
 

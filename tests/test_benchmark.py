@@ -104,3 +104,21 @@ def test_scan_step_time_times_every_variant(tmp_path):
   # The two layouts of one remat policy start from different draws but the same loss scale.
   assert abs(float(rows[0][5]) - float(rows[2][5])) < 0.1 * float(rows[0][5])
   assert "--rounds=1" in text                       # the exact command is recorded
+
+
+def test_data_sources_benchmark_writes_results(tmp_path):
+  """experiments/data_sources.py on a few JPEGs: every source (folder / records, local / the emulator with
+  latency) gets its row of positive rates, and the listing estimate and exact command land in the file."""
+  out = tmp_path / "data_sources.md"
+  proc = subprocess.run([sys.executable, "experiments/data_sources.py", "--images=12", "--threads=2", "--batch=4",
+                         "--batches=2", "--rounds=1", "--records_per_shard=4", "--latency_ms=5",
+                         f"--cache={tmp_path / 'cache'}", f"--out={out}"],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  written = out.read_text()
+  assert written.startswith("# Image folder or record shards") and "--latency_ms=5" in written
+  for name in ("image folder, local", "records, local", "image folder, gs:// (5 ms)", "records, gs:// (5 ms)"):
+    row = re.search(rf"^\| {re.escape(name)} \| ([0-9.]+) \| [0-9.]+ \| ([0-9,]+) \| ([0-9,]+) \| ([0-9,]+) \|$",
+                    written, re.MULTILINE)
+    assert row and all(float(g.replace(",", "")) > 0 for g in row.groups()[1:]), (name, written)
+  assert ">= 1,282 sequential list requests" in written

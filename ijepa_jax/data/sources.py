@@ -1,5 +1,5 @@
 """Random-access data sources: Fashion-MNIST (gzipped IDX files), synthetic arrays, ImageNet-style image
-folders and TFDS array_record datasets, `make_source` (config.data.source -> source), the config.data
+folders, their record shards (ijepa_jax.prepare) and TFDS array_record datasets, `make_source` (config.data.source -> source), the config.data
 accessors and the image-mode conversions the sources need.
 
 Each source has `len()` and `source[i] -> {'image': uint8 [h, w, c], 'label': int32, 'skipped': int32}`.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from ijepa_jax.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 
-SOURCES = ("fashion_mnist", "image_folder", "tfds", "synthetic")
+SOURCES = ("fashion_mnist", "image_folder", "records", "tfds", "synthetic")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 DEFAULT_FASHION_MNIST_PATH = "/usr/share/datasets/fashion-mnist"
 _FASHION_FILES = {
@@ -222,67 +223,42 @@ _IMAGE_FOLDER_HINT = ("--config.data.path=/path/to/imagenet whose train/ and val
                       "JPEG/PNG files per class")
 
 
-class ImageFolder:
-  """ROOT/SPLIT/CLASS/**/image files (ImageNet layout) as a random-access source, decoded with Pillow.
+class EncodedImages:
+  """A random-access source of encoded image files (JPEG, PNG, ...) with labels, decoded on demand: the
+  crop box is drawn from the file's header and only what the crop needs is decoded (`load_crop`).
 
-  Classes (sorted folder names) are label ids; files are sorted, so the order is deterministic. An
-  undecodable file is replaced by the next decodable one (index+1, +2, ... modulo len), and the record's
-  'skipped' counts the files passed over; each bad file is logged once (per process).
+  Subclasses give `_read(i) -> bytes`, `_name(i)` (for logs), `labels`, `classes`, `fix` (what to set when
+  nothing decodes). An undecodable file is replaced by the next decodable one (index+1, +2, ... modulo
+  len), and the record's 'skipped' counts the files passed over; each bad file is logged once (per process).
   """
+  labels: np.ndarray
+  classes: list[str]
+  channels: int
+  mode: str
+  fix: str = "check --config.data.path"
 
-  def __init__(self, root: str, split: str, channels: int = 3):
-    self.root = root
-    self.split = split
-    storage.check_readable(root, "--config.data.path")
-    self.directory = storage.join(root, split)  # local or gs://
+  def _init_decoding(self, channels: int) -> None:
     self.channels = channels
     self.mode = _pil_mode(channels)
-    if not storage.path(self.directory).is_dir():
-      raise ConfigError(f"image folder {self.directory} not found: set {_IMAGE_FOLDER_HINT}.")
-    classes = sorted(e.name for e in storage.path(self.directory).iterdir() if e.is_dir())
-    if not classes:
-      raise ConfigError(f"{self.directory} has no class sub-folders: set {_IMAGE_FOLDER_HINT}.")
-    names: list[bytes] = []
-    labels: list[int] = []
-    empty = []
-    for label, cls in enumerate(classes):
-      found = []
-      for rel, filenames in storage.walk_files(storage.join(self.directory, cls)):
-        sub = cls if rel == "." else os.path.join(cls, rel)
-        found.extend(os.path.join(sub, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
-      if not found:
-        empty.append(cls)
-      found.sort()
-      names.extend(os.fsencode(f) for f in found)
-      labels.extend([label] * len(found))
-    if empty:
-      _log.warning("%d empty class folder(s) in %s (kept as label ids): %s", len(empty), self.directory,
-                   ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
-    if not names:
-      raise ConfigError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.directory}/CLASS/: "
-                        f"set {_IMAGE_FOLDER_HINT}.")
-    self.classes = classes
+    self._bad: set[int] = set()
     global _said_missing
     if _simplejpeg is None and not _said_missing:
       _said_missing = True
       _log.warning(SIMPLEJPEG_MISSING)
-    # Compact, cheaply pickled file list (it travels to every worker process): one byte blob + offsets.
-    self._blob = b"".join(names)
-    self._offsets = np.cumsum([0] + [len(n) for n in names]).astype(np.int64)
-    self.labels = np.asarray(labels, np.int32)
-    self._bad: set[int] = set()
 
   def __len__(self) -> int:
     return len(self.labels)
 
-  def path(self, index: int) -> str:
-    rel = os.fsdecode(self._blob[self._offsets[index]:self._offsets[index + 1]])
-    return f"{self.directory}/{rel}"
+  def _read(self, index: int) -> bytes:
+    raise NotImplementedError
+
+  def _name(self, index: int) -> str:
+    raise NotImplementedError
 
   def _decode(self, index: int, draft_size: int | None) -> np.ndarray | None:
-    path = self.path(index)
+    path = self._name(index)
     try:
-      with storage.open_image(path) as f, Image.open(f) as img:
+      with Image.open(io.BytesIO(self._read(index))) as img:
         if draft_size is not None and img.format == "JPEG":
           img.draft(self.mode, (draft_size, draft_size))  # DCT-domain downscale, never below draft_size
         arr = _as_array(_pil_convert(img, self.mode))
@@ -310,14 +286,13 @@ class ImageFolder:
       arr = decode(j)
       if arr is not None:
         return arr, int(self.labels[j]), k
-    raise ConfigError(f"no image under {self.directory} could be decoded: set {_IMAGE_FOLDER_HINT}.")
+    raise ConfigError(f"no image in {self} could be decoded: {self.fix}.")
 
   def _decode_crop(self, index: int, rng: np.random.Generator, size: int, scale, ratio,
                    draft: bool) -> np.ndarray | None:
-    path = self.path(index)
+    path = self._name(index)
     try:
-      with storage.open_image(path) as f:
-        blob = f.read()
+      blob = self._read(index)
       header = _simplejpeg_header(blob)
       if header is not None:  # libjpeg-turbo through simplejpeg: the same pixels as Pillow's, faster
         height, width, gray = header
@@ -381,8 +356,124 @@ class ImageFolder:
     arr, label, skipped = self.load(index)
     return {"image": arr, "label": np.int32(label), "skipped": np.int32(skipped)}
 
+
+
+
+class ImageFolder(EncodedImages):
+  """ROOT/SPLIT/CLASS/**/image files (ImageNet layout): classes (sorted folder names) are label ids and
+  files are sorted, so the order is deterministic. Local or gs://."""
+  fix = f"set {_IMAGE_FOLDER_HINT}"
+
+  def __init__(self, root: str, split: str, channels: int = 3):
+    self.root = root
+    self.split = split
+    storage.check_readable(root, "--config.data.path")
+    self.directory = storage.join(root, split)  # local or gs://
+    if not storage.path(self.directory).is_dir():
+      raise ConfigError(f"image folder {self.directory} not found: set {_IMAGE_FOLDER_HINT}.")
+    classes = sorted(e.name for e in storage.path(self.directory).iterdir() if e.is_dir())
+    if not classes:
+      raise ConfigError(f"{self.directory} has no class sub-folders: set {_IMAGE_FOLDER_HINT}.")
+    names: list[bytes] = []
+    labels: list[int] = []
+    empty = []
+    for label, cls in enumerate(classes):
+      found = []
+      for rel, filenames in storage.walk_files(storage.join(self.directory, cls)):
+        sub = cls if rel == "." else os.path.join(cls, rel)
+        found.extend(os.path.join(sub, f) for f in filenames if f.lower().endswith(IMAGE_EXTENSIONS))
+      if not found:
+        empty.append(cls)
+      found.sort()
+      names.extend(os.fsencode(f) for f in found)
+      labels.extend([label] * len(found))
+    if empty:
+      _log.warning("%d empty class folder(s) in %s (kept as label ids): %s", len(empty), self.directory,
+                   ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""))
+    if not names:
+      raise ConfigError(f"no {'/'.join(IMAGE_EXTENSIONS)} images under {self.directory}/CLASS/: "
+                        f"set {_IMAGE_FOLDER_HINT}.")
+    self.classes = classes
+    self._init_decoding(channels)
+    # Compact, cheaply pickled file list (it travels to every worker process): one byte blob + offsets.
+    self._blob = b"".join(names)
+    self._offsets = np.cumsum([0] + [len(n) for n in names]).astype(np.int64)
+    self.labels = np.asarray(labels, np.int32)
+
+  def path(self, index: int) -> str:
+    rel = os.fsdecode(self._blob[self._offsets[index]:self._offsets[index + 1]])
+    return f"{self.directory}/{rel}"
+
+  def _name(self, index: int) -> str:
+    return self.path(index)
+
+  def _read(self, index: int) -> bytes:
+    with storage.open_image(self.path(index)) as f:
+      return f.read()
+
   def __repr__(self) -> str:
     return f"ImageFolder({self.directory!r}, n={len(self)}, classes={len(self.classes)})"
+
+
+# ---------------------------------------------------------------------------------------------- record shards
+# ijepa_jax.prepare writes an image folder's files, unchanged, as ArrayRecord shards: OUT/SPLIT/RECORDS_INDEX
+# (written last: the shards' names and record counts, the class names) and OUT/SPLIT/<name>.array_record
+# (group_size 1: each record reads alone). A record is RECORD_HEADER (the file's index in the image folder's
+# sorted order, its label) followed by the file's bytes. Records keep the image folder's order, so the
+# same config draws the same examples, crops and masks from either.
+RECORDS_INDEX = "records.json"
+RECORDS_FORMAT = "ijepa_jax.records/1"
+RECORD_HEADER = struct.Struct("<qi")   # index int64, label int32
+
+
+def pack_record(index: int, label: int, encoded: bytes) -> bytes:
+  return RECORD_HEADER.pack(index, label) + encoded
+
+
+def unpack_record(record: bytes) -> tuple[int, int, bytes]:
+  index, label = RECORD_HEADER.unpack_from(record)
+  return index, label, record[RECORD_HEADER.size:]
+
+
+class RecordShards(EncodedImages):
+  """ROOT/SPLIT/*.array_record written by `python -m ijepa_jax.prepare` (local or gs://), read through grain's
+  ArrayRecordDataSource: one object read (the index) at start, one ranged read per image after; decoded and
+  cropped exactly as the image folder they came from."""
+
+  def __init__(self, root: str, split: str, channels: int = 3):
+    import grain  # pylint: disable=g-import-not-at-top
+    self.root, self.split = root, split
+    self.fix = (f"re-run python -m ijepa_jax.prepare --images=IMAGES --out={root} (it finishes what is missing) or "
+                f"set --config.data.path to the folder holding {split}/{RECORDS_INDEX}")
+    storage.check_readable(root, "--config.data.path")
+    self.directory = storage.join(root, split)
+    index = storage.path(self.directory) / RECORDS_INDEX
+    if not index.exists():
+      raise ConfigError(f"{index} not found: no finished record shards there; {self.fix}.")
+    meta = json.loads(index.read_text())
+    if meta.get("format") != RECORDS_FORMAT:
+      raise ConfigError(f"{index} is not an ijepa_jax record index (format {meta.get('format')!r}): {self.fix}.")
+    self.classes = list(meta["classes"])
+    self.shards = [(str(f), int(k)) for f, k in meta["shards"]]
+    labels = meta.get("labels", [])     # per shard, so evaluation knows every label without reading a record
+    if not self.shards or [len(x) for x in labels] != [k for _, k in self.shards]:
+      raise ConfigError(f"{index} lists no shards or not one label per record: {self.fix}.")
+    self.labels = np.concatenate([np.asarray(x, np.int32) for x in labels])
+    # "file[0:k]": the record counts come from the index, so no shard is opened before it is read.
+    self._records = grain.sources.ArrayRecordDataSource([f"{self.directory}/{f}[0:{k}]" for f, k in self.shards])
+    self._init_decoding(channels)
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def _name(self, index: int) -> str:
+    return f"record {index} of {self.directory}"
+
+  def _read(self, index: int) -> bytes:
+    return unpack_record(self._records[int(index)])[2]
+
+  def __repr__(self) -> str:
+    return f"RecordShards({self.directory!r}, n={len(self)}, shards={len(self.shards)}, classes={len(self.classes)})"
 
 
 class TfdsSource:
@@ -448,6 +539,11 @@ def make_source(config, split: str):
     if not path:
       raise ConfigError(f"data.path is empty: set {_IMAGE_FOLDER_HINT}.")
     return ImageFolder(str(path), split, channels)
+  if source == "records":
+    path = _data_get(config, "path", "")
+    if not path:
+      raise ConfigError("data.path is empty: set --config.data.path to the --out of python -m ijepa_jax.prepare.")
+    return RecordShards(str(path), split, channels)
   if source == "tfds":
     name = _data_get(config, "tfds_name", "")
     if not name:
@@ -459,4 +555,4 @@ def make_source(config, split: str):
                            seed=int(getattr(config, "seed", 0)) + (0 if split == _data_get(config, "split", "train")
                                                                     else 1))
   raise ConfigError(f"data.source={source!r} is not one of {SOURCES}: set --config.data.source=fashion_mnist "
-                    f"(or image_folder, tfds, synthetic).")
+                    f"(or image_folder, records, tfds, synthetic).")
