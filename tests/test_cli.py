@@ -99,3 +99,37 @@ def test_failed_checkpoint_write_stops_the_run_and_keeps_the_previous_checkpoint
   again = _main(*args)                              # space again: continues from the intact checkpoint
   assert again.returncode == 0, again.stderr[-2000:]
   assert f"(step {intact})" in again.stdout and "Resumed from" in again.stdout and "Finished at step 12" in again.stdout
+
+
+def _readme_commands() -> list[str]:
+  """Every `python -m ijepa_jax.<cli> ...` command in the README's sh blocks, continuation lines joined."""
+  readme = open(os.path.join(REPO, "README.md")).read()
+  commands = []
+  for block in re.findall(r"```sh\n(.*?)```", readme, re.S):
+    for line in block.replace("\\\n", " ").splitlines():
+      line = line.split(" #")[0].strip()   # a trailing comment is not part of the command
+      if re.search(r"python3? -m ijepa_jax\.\w+", line):
+        commands.append(line.rstrip("\"'"))
+  return commands
+
+
+def test_readme_commands_use_real_flags_and_config_keys():
+  """The README cannot drift from the CLIs: each command's module exists, each --flag it passes is one that
+  module defines, and each --config.KEY exists in the config file it names (a typo would be refused there)."""
+  from conftest import load_file
+  commands = _readme_commands()
+  modules = {re.search(r"-m ijepa_jax\.(\w+)", c).group(1) for c in commands}
+  assert {"main", "prepare", "memory", "extract", "evaluate", "convert"} <= modules, modules
+  for command in commands:
+    module = re.search(r"-m ijepa_jax\.(\w+)", command).group(1)
+    source = open(os.path.join(REPO, "ijepa_jax", f"{module}.py")).read()
+    defined = set(re.findall(r"DEFINE_\w+\(\s*\"(\w+)\"", source))
+    args = command.split(f"ijepa_jax.{module}", 1)[1]
+    for flag in re.findall(r"(?:^|[\s\[|])--(\w+)(?=[=\s\]|]|$)", args):
+      assert flag in defined, f"{command}: --{flag} is not a flag of ijepa_jax.{module} ({sorted(defined)})"
+    config_file = re.search(r"--config=(configs/\w+\.py)", args)
+    for key in re.findall(r"--config\.([\w.]+)=", args):
+      config = load_file(config_file.group(1)).get_config()
+      for part in key.split("."):
+        assert part in config, f"{command}: --config.{key} is not a key of {config_file.group(1)}"
+        config = config[part]

@@ -405,7 +405,7 @@ def _launch_recipes(readme: str):
     comment, slice_name = "", None
     for command in block.replace("\\\n", " ").splitlines():
       named = re.findall(r"\b(v\d\w*-\d+)\b", command)
-      slice_name = named[-1] if named else slice_name   # the slice a comment or --accelerator-type names
+      slice_name = named[0] if named else slice_name   # the slice a comment or --accelerator-type names first
       if command.startswith("#"):
         comment = command
         continue
