@@ -30,14 +30,14 @@ def _restored_bytes(tmp_path, monkeypatch, **kw):
   """Bytes of the arrays Orbax hands back from one load (what a load costs in memory)."""
   import orbax.checkpoint as ocp
   sizes = []
-  original = ocp.CheckpointManager.restore
+  original = ocp.Checkpointer.restore   # what readers restore through (no manager: they write nothing)
 
   def counting(self, *args, **kwargs):
     out = original(self, *args, **kwargs)
     sizes.append(sum(x.nbytes for x in jax.tree.leaves(out["state"])))
     return out
 
-  monkeypatch.setattr(ocp.CheckpointManager, "restore", counting)
+  monkeypatch.setattr(ocp.Checkpointer, "restore", counting)
   result = kw.pop("fn")(str(tmp_path), **kw)
   monkeypatch.undo()
   return sizes[-1], result
