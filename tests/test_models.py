@@ -117,6 +117,33 @@ def test_encoder_intermediates(enc_and_vars, images):
   )
 
 
+def test_last_blocks_under_scan_keep_only_those(images):
+  """keep_blocks=k sows the last k blocks' outputs, the same in both layouts; under scan the loop carries k
+  outputs, so the compiled program's memory does not hold the other depth - k (it did: a stacked scan output)."""
+  from ijepa_jax.models import layout
+  depth, k = 6, 2
+  unrolled, scanned = _encoder(depth=depth), _encoder(depth=depth, scan_layers=True)
+  v = nn.unbox(_init(unrolled, 0, images))
+  vs = {"params": layout.stack_blocks(v["params"])}
+
+  def last(model, variables, keep):
+    return jax.jit(functools.partial(model.apply, keep_blocks=keep, mutable=["intermediates"]))(variables, images)
+
+  (out_u, inter_u), (out_s, inter_s) = last(unrolled, v, k), last(scanned, vs, k)
+  assert set(inter_u["intermediates"]) == set(inter_s["intermediates"]) == {"block_4", "block_5"}
+  for name in ("block_4", "block_5"):
+    np.testing.assert_allclose(inter_s["intermediates"][name][0], inter_u["intermediates"][name][0], atol=1e-5)
+  np.testing.assert_allclose(out_s, out_u, atol=1e-5)
+  batch = jnp.zeros((64, IMG, IMG, C))
+
+  def temp(keep):
+    f = jax.jit(functools.partial(scanned.apply, keep_blocks=keep, mutable=["intermediates"]))
+    return f.lower(vs, batch).compile().memory_analysis().temp_size_in_bytes
+
+  one_output = 64 * N * D * 4
+  assert temp(depth) - temp(k) >= (depth - k - 1) * one_output
+
+
 def test_encoder_bad_patch():
   enc = _encoder(image_size=18)
   with pytest.raises(ValueError, match="divisible"):

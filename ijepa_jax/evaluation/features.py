@@ -23,8 +23,8 @@ def tokens(encoder: nn.Module, params, x: jax.Array, layers: str = "last") -> ja
     return encoder.apply({"params": params}, x)
   if layers != "last4":
     raise ValueError(f"layers={layers!r} is not one of {LAYERS}")
-  _, inter = encoder.apply({"params": params}, x, mutable=["intermediates"])
   depth = encoder.depth
+  _, inter = encoder.apply({"params": params}, x, keep_blocks=min(4, depth), mutable=["intermediates"])
   outs = [inter["intermediates"][f"block_{i}"][0] for i in range(max(0, depth - 4), depth)]
   norm = layer_norm("norm")  # the encoder's final LayerNorm (fp32, as in the encoder)
   return jnp.concatenate([norm.apply({"params": params["norm"]}, o) for o in outs], axis=-1)

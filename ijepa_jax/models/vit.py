@@ -293,7 +293,7 @@ def block_class(remat: str, scan: bool = False):
   return nn.remat(Block, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
 
 
-def run_blocks(x: jax.Array, depth: int, remat: str, scan: bool, collect: bool = False,
+def run_blocks(x: jax.Array, depth: int, remat: str, scan: bool, collect: int = 0,
                valid: jax.Array | None = None, **block):
   """`depth` Blocks over x, inside a parent's compact method: (x, each block's output or None).
   valid: bool [B, T], the tokens attention may read (None: all).
@@ -301,25 +301,33 @@ def run_blocks(x: jax.Array, depth: int, remat: str, scan: bool, collect: bool =
   scan=False: unrolled modules blocks_0 .. blocks_{depth-1} (the release's and old checkpoints' layout).
   scan=True: one nn.scan over a module 'blocks' whose parameters are stacked on a leading axis of size
   depth, logically named 'layers'; XLA compiles one block instead of depth of them. The remat policy
-  applies to the block inside the scan. collect: also return the blocks' outputs (a scan output, so
-  they are only stacked when asked for).
+  applies to the block inside the scan. collect: also return the last `collect` blocks' outputs (under
+  scan a buffer of that many outputs in the loop's carry, so keeping 4 of 32 never holds the other 28).
   """
   cls = block_class(remat, scan)
+  collect = min(max(int(collect), 0), depth)
   if not scan:
     outs = []
     for i in range(depth):
       x = cls(**block, name=f"blocks_{i}")(x, valid)
-      outs.append(x)
+      if i >= depth - collect:
+        outs.append(x)
     return x, (outs if collect else None)
 
-  def body(module, x, valid):
+  first = depth - collect  # block `first` is the first kept; earlier blocks write slot 0, which it overwrites
+
+  def body(module, carry, valid, i):
+    x, kept = carry
     x = module(x, valid)
-    return x, (x if collect else None)
+    if kept is not None:
+      kept = jax.lax.dynamic_update_index_in_dim(kept, x.astype(kept.dtype), jnp.maximum(i - first, 0), 0)
+    return (x, kept), None
 
   layers = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True}, length=depth,
-                   in_axes=nn.broadcast, metadata_params={nn.PARTITION_NAME: STACKED_AXIS})
-  x, ys = layers(cls(**block, name="blocks"), x, valid)
-  return x, ([ys[i] for i in range(depth)] if collect else None)
+                   in_axes=(nn.broadcast, 0), metadata_params={nn.PARTITION_NAME: STACKED_AXIS})
+  kept = jnp.zeros((collect, *x.shape), jnp.float32) if collect else None
+  (x, kept), _ = layers(cls(**block, name="blocks"), (x, kept), valid, jnp.arange(depth))
+  return x, ([kept[i] for i in range(collect)] if collect else None)
 
 
 def check_heads(width: int, num_heads: int, what: str) -> None:
@@ -337,8 +345,9 @@ class VisionTransformer(nn.Module):
   __call__(images [B, H, W, C], token_idx int32 [B, K] | None, token_count int32 [B] | None) -> [B, K or N, D]
   token_count: only the first token_count[b] of row b's K tokens are real (the rest padding, which no
   token attends to; their outputs are meaningless).
-  Per-block outputs (before the final norm, fp32) are sown into the
-  'intermediates' collection as 'block_{i}' (with or without scan_layers). The output is fp32 (the final LayerNorm's).
+  With the 'intermediates' collection mutable, the last `keep_blocks` blocks' outputs (None: all; before the
+  final norm, fp32) are sown as 'block_{i}' (with or without scan_layers). The output is fp32 (the final
+  LayerNorm's).
   """
 
   image_size: int
@@ -363,7 +372,7 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: jax.Array, token_idx: jax.Array | None = None,
-               token_count: jax.Array | None = None) -> jax.Array:
+               token_count: jax.Array | None = None, keep_blocks: int | None = None) -> jax.Array:
     if self.image_size % self.patch_size != 0:
       raise ValueError(
         f"VisionTransformer: image_size {self.image_size} is not divisible by "
@@ -387,10 +396,10 @@ class VisionTransformer(nn.Module):
       x = jnp.take_along_axis(x, token_idx[..., None].astype(jnp.int32), axis=1)
     x = constrain(x)
 
-    collect = self.is_mutable_collection("intermediates")
+    collect = (self.depth if keep_blocks is None else keep_blocks) if self.is_mutable_collection("intermediates") else 0
     valid = None if token_count is None else jnp.arange(x.shape[1]) < token_count[:, None]
     x, outs = run_blocks(x, self.depth, self.remat, self.scan_layers, collect, valid, width=self.width,
                          num_heads=self.num_heads, mlp_dim=self.mlp_dim, dtype=self.dtype, attention=self.attention)
-    for i, out in enumerate(outs or ()):   # the same names in both layouts: probes read either
+    for i, out in enumerate(outs or (), start=self.depth - len(outs or ())):  # the same names in both layouts
       self.sow("intermediates", f"block_{i}", out)
     return layer_norm("norm")(x)
