@@ -117,10 +117,18 @@ def base_config() -> ml_collections.ConfigDict:
       enabled=False,             # ijepa_jax.evaluate on the target encoder after pretraining
       evals=("linear", "lowshot", "knn"),
       max_train=-1,              # -1: the whole train split
-      batch_size=256,            # feature extraction batch
+      batch_size=256,            # feature extraction batch (global)
+      shard_size=4096,           # examples per feature shard (eval_cache/<step>/<features>/<split>/shard_*.npz)
+      in_memory_gib=4.0,         # train features (float32) up to this size: the full-batch probes in memory;
+                                 # larger: the streamed ones (linear: the paper's LARS protocol, sgd_* below)
+      sgd_lrs=(0.01, 0.05, 0.001), sgd_weight_decays=(0.0005, 0.0),  # the paper's sweep (reference lr x batch/256)
+      sgd_batch_size=16384, sgd_epochs=50, sgd_decay_epochs=15,      # LARS; lr / 10 every 15 epochs
+      sgd_window=8,              # shards read and shuffled together
       weight_decays=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7),  # a path, strongest first; chosen on held-out train, refit
       standardise=True,          # features to zero mean / unit variance first (the probe's BatchNorm)
       lowshot_fraction=0.01, lowshot_seeds=(0, 1, 2),
+      lowshot_list="",           # a file of train file names (SimCLR's imagenet_subsets/1percent.txt): that subset
+                                 # instead of lowshot_fraction drawn per seed
       knn_k=20, knn_temperature=0.07,
       attentive_lrs=(1e-3, 3e-3), attentive_weight_decays=(0.01, 0.1),  # chosen on held-out train, refit
       attentive_epochs=10,

@@ -192,7 +192,10 @@ def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
   assert "Probes (linear, lowshot, knn) on 1000 train / 10000 test images" in proc.stdout
   knn_line = f"  knn       raw pixels: {100 * rows['raw pixels']['knn']['top1']:.2f} ("
   assert knn_line in proc.stdout and proc.stdout.index(knn_line) < proc.stdout.index(table)
-  assert len(os.listdir(tmp_path / "eval_cache" / "2")) == 4       # trained/init x train/test features
+  # Shards of trained / init / raw-pixel features, train and test split each.
+  assert sorted(os.listdir(tmp_path / "eval_cache" / "2")) == ["init", "pixels_28", "trained"]
+  assert all(sorted(os.listdir(tmp_path / "eval_cache" / "2" / f)) == ["test", "train"]
+             for f in ("init", "pixels_28", "trained"))
   bad = subprocess.run(cmd[:4] + ["--eval=linear,svm"], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "unknown evaluation(s) ['svm']" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -271,6 +271,39 @@ def _eval_indices(n: int, max_examples: int | None) -> np.ndarray:
   return np.arange(max_examples, dtype=np.int64) * n // max_examples
 
 
+def _eval_example(source, index: int, size: int, channels: int) -> tuple[np.ndarray, int]:
+  """(center-resized uint8 image [size, size, channels], label) of one file-backed example."""
+  if isinstance(source, EncodedImages):
+    arr, label, _ = source.load(int(index), draft_size=size)
+  else:
+    record = source[int(index)]
+    arr, label = record["image"], int(record["label"])
+  arr = _to_channels(arr, 1 if arr.shape[-1] == 1 else 3)
+  return _to_channels(center_resize(arr, size), channels), label
+
+
+def make_eval_dataset(source, indices: np.ndarray, size: int, channels: int, batch_size: int,
+                      threads: int | None = None) -> grain.IterDataset:
+  """Batches {'images' uint8 [b, S, S, C], 'labels' int32 [b]} of source[indices] in order, center-resized,
+  read ahead by `threads` threads (the last batch may be shorter). Memory: a few batches, whatever len(indices)."""
+  indices = np.asarray(indices, np.int64)
+  threads = max(1, min(16, os.cpu_count() or 1)) if threads is None else threads
+  if isinstance(source, ArraySource):  # one vectorised resize per batch
+    starts = grain.MapDataset.range(0, len(indices), batch_size)
+
+    def batch(start):
+      idx = indices[start:start + batch_size]
+      return {"images": _to_channels(_resize_full_batched(source.images[idx], size), channels),
+              "labels": source.labels[idx]}
+    ds = starts.map(batch)
+  else:
+    def one(k):
+      image, label = _eval_example(source, indices[k], size, channels)
+      return {"images": image, "labels": np.int32(label)}
+    ds = grain.MapDataset.range(len(indices)).map(one).batch(batch_size)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
+
+
 def load_eval_arrays(config, split: str, max_examples: int | None = None,
                      source=None) -> tuple[np.ndarray, np.ndarray]:
   """(images uint8 [N, S, S, C], labels int32 [N]) of a labelled split (or of `source`, already made),
@@ -286,14 +319,7 @@ def load_eval_arrays(config, split: str, max_examples: int | None = None,
   labels = np.empty((len(idx),), np.int32)
 
   def one(k: int):
-    if isinstance(source, EncodedImages):
-      arr, label, _ = source.load(int(idx[k]), draft_size=size)
-    else:
-      record = source[int(idx[k])]
-      arr, label = record["image"], int(record["label"])
-    arr = _to_channels(arr, 1 if arr.shape[-1] == 1 else 3)
-    images[k] = _to_channels(center_resize(arr, size), channels)
-    labels[k] = label
+    images[k], labels[k] = _eval_example(source, idx[k], size, channels)
 
   threads = max(1, min(16, os.cpu_count() or 1))
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:

@@ -82,14 +82,18 @@ def accuracy(p, x: np.ndarray, y: np.ndarray) -> float:
   return float(np.mean(pred == y))
 
 
-def probe(train_x, train_y, test_x, test_y, weight_decays, seed: int = 0, standardise: bool = True) -> dict:
-  """Choose the penalty on held-out train, refit, score on test. standardise: each feature to zero mean
-  and unit variance with train statistics first (what a BatchNorm without affine before the linear
-  layer does at test time, the MAE/I-JEPA probe's 'BatchNorm' option)."""
+def fit(train_x, train_y, weight_decays, seed: int = 0, standardise: bool = True,
+        num_classes: int | None = None) -> dict:
+  """The probe fit on (train_x, train_y): penalty chosen on a held-out 10%, then refit on all of it. Returns
+  {'w', 'b', 'mu', 'sd', 'weight_decay', 'heldout_top1'} (mu/sd: the standardisation, identity if off).
+  standardise: each feature to zero mean and unit variance with train statistics first (what a BatchNorm
+  without affine before the linear layer does at test time, the MAE/I-JEPA probe's 'BatchNorm' option)."""
   if standardise:
     mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
-    train_x, test_x = (train_x - mu) / sd, (test_x - mu) / sd
-  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  else:
+    mu, sd = np.zeros(train_x.shape[1], np.float32), np.ones(train_x.shape[1], np.float32)
+  train_x = (train_x - mu) / sd
+  num_classes = int(train_y.max()) + 1 if num_classes is None else num_classes
   perm = np.random.default_rng(seed).permutation(len(train_x))
   held, fit_idx = perm[: len(perm) // 10], perm[len(perm) // 10:]
   path = fit_path(train_x[fit_idx], train_y[fit_idx], num_classes, weight_decays)
@@ -97,7 +101,26 @@ def probe(train_x, train_y, test_x, test_y, weight_decays, seed: int = 0, standa
   best = max(scores, key=scores.get)  # of equal scores, the strongest penalty
   # The refit follows the same path on all of train, down to the chosen penalty.
   p = fit_path(train_x, train_y, num_classes, [wd for wd in weight_decays if wd >= best])[best]
-  return {"top1": accuracy(p, test_x, test_y), "weight_decay": best, "heldout_top1": scores[best]}
+  return {**p, "mu": mu, "sd": sd, "weight_decay": best, "heldout_top1": scores[best]}
+
+
+def predict(model: dict, x: np.ndarray) -> np.ndarray:
+  return np.asarray(jnp.argmax(jnp.asarray((x - model["mu"]) / model["sd"]) @ model["w"] + model["b"], axis=-1))
+
+
+def probe(train_x, train_y, test_x, test_y, weight_decays, seed: int = 0, standardise: bool = True) -> dict:
+  """Choose the penalty on held-out train, refit, score on test (see `fit`)."""
+  num_classes = int(max(train_y.max(), test_y.max())) + 1
+  model = fit(train_x, train_y, weight_decays, seed, standardise, num_classes)
+  return {"top1": float(np.mean(predict(model, test_x) == test_y)), "weight_decay": model["weight_decay"],
+          "heldout_top1": model["heldout_top1"]}
+
+
+def balanced_draw(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+  """Positions of `fraction` of each class's examples (at least one), drawn with `seed`."""
+  rng = np.random.default_rng(seed)
+  return np.concatenate([rng.choice(np.flatnonzero(labels == c), max(1, round(fraction * np.sum(labels == c))),
+                                    replace=False) for c in np.unique(labels)])
 
 
 def lowshot(train_x, train_y, test_x, test_y, weight_decays, fraction: float = 0.01, seeds=(0, 1, 2),
@@ -106,9 +129,7 @@ def lowshot(train_x, train_y, test_x, test_y, weight_decays, fraction: float = 0
   mean and standard deviation of test top-1 over the draws."""
   draws = []
   for seed in seeds:
-    rng = np.random.default_rng(seed)
-    idx = np.concatenate([rng.choice(np.flatnonzero(train_y == c), max(1, round(fraction * np.sum(train_y == c))),
-                                     replace=False) for c in np.unique(train_y)])
+    idx = balanced_draw(train_y, fraction, seed)
     draws.append(probe(train_x[idx], train_y[idx], test_x, test_y, weight_decays, seed, standardise)["top1"])
   return {"top1": float(np.mean(draws)), "std": float(np.std(draws)), "draws": draws,
           "examples": int(len(idx))}

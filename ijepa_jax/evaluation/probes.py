@@ -1,18 +1,27 @@
 """The probe run: frozen features of the target encoder, of the same encoder at its random init and of raw
 pixels, each through the probes asked for (linear, low-shot, k-NN, attentive), written as eval.json and
 eval.md. The trainer runs it at the end of a run; `python -m ijepa_jax.evaluate` on a checkpoint.
+
+Features of whole splits are extracted once into float16 shards (evaluation/shards.py, under
+<out>/eval_cache/<step>/, resumable). Then one entry point picks the probes by size: train features that fit in
+probe.in_memory_gib are read into memory for the full-batch probes (linear.py: L-BFGS; knn.py), larger ones go
+through the streamed probes (linear_streamed.py: the paper's LARS protocol over minibatches sharded on the mesh;
+knn.knn_streamed over a bank split between processes). The low-shot probe always fits in memory (1% of the labels).
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ijepa_jax import data, storage
+from ijepa_jax import data, sharding, storage
 from ijepa_jax.errors import ConfigError
-from ijepa_jax.evaluation import attentive, features, knn, linear
+from ijepa_jax.evaluation import attentive, features, knn, linear, linear_streamed, shards
+from ijepa_jax.step import normalise
 
 EVALS = ("linear", "lowshot", "knn", "attentive")
 TRAINED, INIT, PIXELS = "I-JEPA target encoder", "same encoder at random init", "raw pixels"
@@ -28,39 +37,84 @@ def _cached(path: str | None, compute):
   return x
 
 
-def feature_sets(config, encoder, trained, initial, mesh, cache_dir: str | None,
-                 evals=()) -> tuple[dict, dict, np.ndarray, np.ndarray]:
-  """{name: (train features, test features)}, {name: (train tokens, test tokens)} (the attentive probe's
-  inputs, only when it is asked for), train labels, test labels."""
+def _train_indices(n: int, max_train) -> np.ndarray:
+  """All indices, or probe.max_train evenly spaced ones (class-balanced for class-sorted sources)."""
+  return data.pipeline._eval_indices(n, None if max_train is None or max_train < 0 else int(max_train))
+
+
+def _encoder_featurizer(encoder, params, mean, std):
+  """Global uint8 images -> average-pooled last-4-block features [B, 4D] (the last quarter: the last layer)."""
+  @jax.jit
+  def forward(p, x):
+    return features.tokens(encoder, p, normalise(x, mean, std), "last4").astype(jnp.float32).mean(axis=1)
+  return lambda x: forward(params, x)
+
+
+@jax.jit
+def _flatten_pixels(x):
+  return x.reshape(x.shape[0], -1).astype(jnp.float32) / 255.0
+
+
+def _on_mesh(params, mesh):
+  """The params, with any leaf not already spread over the mesh's devices replicated over them (the random-init
+  baseline is made on one device; with several processes the forward pass needs it on all)."""
+  devices = set(mesh.devices.flat)
+  return jax.tree.map(lambda x: x if set(x.sharding.device_set) == devices else
+                      jax.device_put(x, sharding.replicated(mesh)), params)
+
+
+def extract_features(config, encoder, trained, initial, mesh, cache_dir: str) -> dict:
+  """{feature set: (train Shards, test Shards)}: the shards of every feature set (extracted where missing)."""
+  pc, d = config.probe, config.data
+  size, channels = int(d.image_size), int(d.channels)
+  out = {}
+  splits = {}
+  for split, limit in ((d.split, pc.max_train), (d.eval_split, -1)):
+    source = data.make_source(config, split)
+    splits[split] = (source, _train_indices(len(source), limit))
+  dataset = {k: str(d.get(k, "")) for k in ("source", "path", "tfds_name", "tfds_data_dir")}
+  jobs = [(tag, name, params, size, _encoder_featurizer(encoder, _on_mesh(params, mesh), d.mean, d.std))
+          for name, params, tag in ((TRAINED, trained, "trained"), (INIT, initial, "init")) if params is not None]
+  if pc.raw_pixels_baseline:
+    side = int(pc.raw_pixels_side)
+    jobs.append((f"pixels_{side}", PIXELS, None, side, _flatten_pixels))
+  for tag, name, _, side, featurize in jobs:
+    pair = []
+    for split, (source, indices) in splits.items():
+      def make_batches(idx, batch, source=source, side=side):
+        return data.make_eval_dataset(source, indices[idx], side, channels, batch)
+      directory = storage.join(cache_dir, tag, split)
+      shards.write(directory, len(indices), make_batches, (side, side, channels), featurize, mesh,
+                   int(pc.batch_size), int(pc.shard_size), int(config.seed),
+                   {"split": split, "size": side, "examples_of": len(source), **dataset}, label=f"{tag} {split}")
+      pair.append(shards.Shards(directory))
+    if tag.startswith("pixels"):
+      out[name] = tuple(pair)
+      continue
+    width = pair[0].load(0)[0].shape[1] // min(4, encoder.depth)
+    out[f"{name}, last layer"] = tuple(s.select(slice(-width, None)) for s in pair)
+    if encoder.depth >= 4:
+      out[f"{name}, last 4 layers"] = tuple(pair)
+  return out
+
+
+def token_sets(config, encoder, trained, initial, mesh, cache_dir: str | None) -> tuple[dict, np.ndarray, np.ndarray]:
+  """The attentive probe's inputs, in memory (small splits only): {name: (train tokens, test tokens)} of the last
+  layer (float16), train labels, test labels."""
   pc, d = config.probe, config.data
   limit = None if pc.max_train < 0 else int(pc.max_train)
   train_images, train_y = data.load_eval_arrays(config, d.split, limit)
   test_images, test_y = data.load_eval_arrays(config, d.eval_split)
-  sets, tokens = {}, {}
+  tokens = {}
   for name, params, tag in ((TRAINED, trained, "trained"), (INIT, initial, "init")):
     if params is None:
       continue
-    # The last 4 blocks' pooled outputs, concatenated; the final quarter is the last layer's output.
-    pair = [_cached(cache_dir and storage.join(cache_dir, f"{tag}_{split}_{len(imgs)}x{d.image_size}.npy"),
-                    lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
-                                                       layers="last4"))
-            for split, imgs in (("train", train_images), ("test", test_images))]
-    width = pair[0].shape[1] // min(4, encoder.depth)
-    sets[f"{name}, last layer"] = (pair[0][:, -width:], pair[1][:, -width:])
-    if encoder.depth >= 4:
-      sets[f"{name}, last 4 layers"] = tuple(pair)
-    if "attentive" in evals:  # [N, tokens, D] of the last layer, cached as float16 (half the disk)
-      tokens[f"{name}, last layer"] = tuple(
-          _cached(cache_dir and storage.join(cache_dir, f"{tag}_tokens_{split}_{len(imgs)}x{d.image_size}.npy"),
-                  lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
-                                                     pool="none").astype(np.float16))
-          for split, imgs in (("train", train_images), ("test", test_images)))
-  if pc.raw_pixels_baseline:
-    # No attentive row: pixel patches carry no position, so one query over them sees a bag of patches;
-    # the linear probe on the whole image is the pixels' floor.
-    sets[PIXELS] = tuple(raw_pixel_features(config, split, n)[0]
-                         for split, n in ((d.split, limit), (d.eval_split, None)))
-  return sets, tokens, train_y, test_y
+    tokens[f"{name}, last layer"] = tuple(
+        _cached(cache_dir and storage.join(cache_dir, f"{tag}_tokens_{split}_{len(imgs)}x{d.image_size}.npy"),
+                lambda imgs=imgs: features.extract(encoder, params, imgs, d.mean, d.std, pc.batch_size, mesh,
+                                                   pool="none").astype(np.float16))
+        for split, imgs in (("train", train_images), ("test", test_images)))
+  return tokens, train_y, test_y
 
 
 def raw_pixel_features(config, split: str, max_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -78,28 +132,96 @@ def check_evals(evals) -> None:
     raise ConfigError(f"unknown evaluation(s) {sorted(unknown)}: choose from {','.join(EVALS)}.")
 
 
-def probes(sets: dict, train_y, test_y, evals, pc, seed: int, tokens: dict | None = None, say=None) -> dict:
-  """{feature set: {eval: result}} for every feature set and requested eval (the attentive probe for the
-  feature sets that have tokens). `say(line)`, if given, hears each result as it is ready."""
+def fits_in_memory(train: shards.Shards, pc) -> bool:
+  """Whether the train features (float32) fit in probe.in_memory_gib: the full-batch probes, else the streamed."""
+  return train.examples * train.load(0)[0].shape[1] * 4 <= float(pc.in_memory_gib) * 2**30
+
+
+def _example_names(config) -> list[str]:
+  source = data.make_source(config, config.data.split)
+  if not isinstance(source, data.ImageFolder):
+    raise ConfigError(f"probe.lowshot_list names files, and {source} has no file names: evaluate on the image "
+                      f"folder (--config.data.source=image_folder) or leave probe.lowshot_list empty.")
+  return [os.path.basename(source.path(i)) for i in range(len(source))]
+
+
+def lowshot(train: shards.Shards, test: shards.Shards, pc, names=None, arrays=None) -> dict:
+  """The linear probe (in memory: a few percent of the labels) on probe.lowshot_list's files (e.g. SimCLR's
+  imagenet_subsets/1percent.txt; names: the train split's file names by source index), else on
+  probe.lowshot_fraction of each class drawn with each of probe.lowshot_seeds. Mean and spread of test top-1."""
+  labels, index = (arrays[0][1], arrays[0][2]) if arrays else train.labels()
+  if pc.lowshot_list:
+    wanted = {line.strip() for line in storage.path(pc.lowshot_list).read_text().splitlines() if line.strip()}
+    draws = [np.flatnonzero([names[i] in wanted for i in index])]
+    if len(draws[0]) < len(wanted):
+      raise ConfigError(f"{len(wanted) - len(draws[0])} of the {len(wanted)} files in {pc.lowshot_list} are not in "
+                        f"the train split (or not among probe.max_train's examples): check the list and data.path.")
+    seeds = (0,)
+  else:
+    seeds = tuple(pc.lowshot_seeds)
+    draws = [linear.balanced_draw(labels, pc.lowshot_fraction, s) for s in seeds]
+  test_batches = [arrays[1][:2]] if arrays else [test.load(i)[:2] for i in range(test.num_shards)] \
+      if test.examples <= 200_000 else None
+  num_classes = int(labels.max()) + 1
+  tops = []
+  for seed, rows in zip(seeds, draws):
+    x = arrays[0][0][rows] if arrays else _gather(train, rows)
+    model = linear.fit(x, labels[rows], pc.weight_decays, seed, pc.standardise, num_classes)
+    batches = test_batches if test_batches is not None else (test.load(i)[:2] for i in range(test.num_shards))
+    correct = sum(int(np.sum(linear.predict(model, bx) == by)) for bx, by in batches)
+    tops.append(correct / test.examples)
+  return {"top1": float(np.mean(tops)), "std": float(np.std(tops)), "draws": tops, "examples": int(len(draws[-1])),
+          "subset": str(pc.lowshot_list) or f"{pc.lowshot_fraction:g} of each class"}
+
+
+def _gather(train: shards.Shards, positions: np.ndarray) -> np.ndarray:
+  """Features at the given positions of the shards' order, reading one shard at a time."""
+  size = int(train.manifest["shard_size"])
+  order = np.argsort(positions, kind="stable")
+  out = np.empty((len(positions), train.load(0)[0].shape[1]), np.float32)
+  for shard in np.unique(positions // size):
+    sel = order[(positions[order] // size) == shard]
+    out[sel] = train.load(int(shard))[0][positions[sel] - shard * size]
+  return out
+
+
+def probes(sets: dict, evals, pc, seed: int, mesh=None, tokens: dict | None = None, names=None, say=None) -> dict:
+  """{feature set: {eval: result}} for every feature set {name: (train Shards, test Shards)} and requested
+  eval; the full-batch probes where the train features fit in memory, else the streamed ones. tokens:
+  {name: (train tokens, test tokens, train labels, test labels)} for the attentive probe. `say(line)`, if
+  given, hears each result as it is ready."""
   check_evals(evals)
   table = {}
   for name, (tr, te) in sets.items():
+    small = fits_in_memory(tr, pc)
+    if not small and "attentive" in evals and name in (tokens or {}):
+      raise ConfigError(f"the attentive probe reads every patch token into memory, and {tr.examples} examples do not "
+                        f"fit in probe.in_memory_gib={pc.in_memory_gib}: leave it out of --eval, or set "
+                        f"--config.probe.max_train.")
+    arrays = None
+    if small and set(evals) & {"linear", "lowshot", "knn"}:
+      (x, y), (xt, yt) = tr.arrays(), te.arrays()
+      arrays = ((x, y, tr.labels()[1]), (xt, yt))
     row = {}
     todo = {
-        "attentive": lambda: attentive.probe(tokens[name][0], train_y, tokens[name][1], test_y, pc.attentive_lrs,
-                                             pc.attentive_weight_decays, pc.attentive_epochs, seed=seed),
-        "linear": lambda: linear.probe(tr, train_y, te, test_y, pc.weight_decays, seed, pc.standardise),
-        "lowshot": lambda: linear.lowshot(tr, train_y, te, test_y, pc.weight_decays, pc.lowshot_fraction,
-                                          tuple(pc.lowshot_seeds), pc.standardise),
-        "knn": lambda: knn.knn(tr, train_y, te, test_y, pc.knn_k, pc.knn_temperature),
+        "attentive": lambda: attentive.probe(tokens[name][0], tokens[name][2], tokens[name][1], tokens[name][3],
+                                             pc.attentive_lrs, pc.attentive_weight_decays, pc.attentive_epochs,
+                                             seed=seed),
+        "linear": lambda: (linear.probe(arrays[0][0], arrays[0][1], arrays[1][0], arrays[1][1], pc.weight_decays,
+                                        seed, pc.standardise) if small else
+                           linear_streamed.probe(tr, te, pc, mesh, seed)),
+        "lowshot": lambda: lowshot(tr, te, pc, names, arrays),
+        "knn": lambda: (knn.knn(arrays[0][0], arrays[0][1], arrays[1][0], arrays[1][1], pc.knn_k, pc.knn_temperature)
+                        if small else knn.knn_streamed(tr, te, pc.knn_k, pc.knn_temperature)),
     }
     for ev, compute in todo.items():
       if ev not in evals or (ev == "attentive" and name not in (tokens or {})):
         continue
       start = time.perf_counter()
-      row[ev] = compute()
+      row[ev] = {**compute(), "path": "in memory" if small or ev == "lowshot" else "streamed"}
       if say:
-        say(f"  {ev:9s} {name}: {100 * row[ev]['top1']:.2f} ({time.perf_counter() - start:.0f} s)")
+        say(f"  {ev:9s} {name}: {100 * row[ev]['top1']:.2f} ({time.perf_counter() - start:.0f} s, "
+            f"{row[ev]['path']})")
     table[name] = row
   return table
 
@@ -125,19 +247,26 @@ def markdown(table: dict, evals, pc, train_examples: int, step: int | None) -> s
 
 
 def run(config, encoder, trained, initial, mesh, workdir: str, evals=None, step: int | None = None) -> dict:
-  """Runs the probes, writes eval.json / eval.md in workdir, prints the table; returns eval.json's dict."""
+  """Runs the probes, writes eval.json / eval.md in workdir, prints the table; returns eval.json's dict. The
+  features are extracted over `mesh` (every process feeding its rows) into workdir/eval_cache/<step>/."""
   pc = config.probe
   evals = tuple(pc.evals) if evals is None else tuple(evals)
   check_evals(evals)
-  cache = None if step is None else storage.join(workdir, "eval_cache", str(step))
+  cache = storage.join(workdir, "eval_cache", "latest" if step is None else str(step))
   say = (lambda line: print(line, flush=True)) if jax.process_index() == 0 else None
   start = time.perf_counter()
-  sets, tokens, train_y, test_y = feature_sets(config, encoder, trained, initial, mesh, cache, evals)
+  sets = extract_features(config, encoder, trained, initial, mesh, cache)
+  tokens = {}
+  if "attentive" in evals:
+    token_arrays, train_y, test_y = token_sets(config, encoder, trained, initial, mesh, cache)
+    tokens = {k: (*v, train_y, test_y) for k, v in token_arrays.items()}
+  names = _example_names(config) if "lowshot" in evals and pc.lowshot_list else None
+  train_n, test_n = next(iter(sets.values()))[0].examples, next(iter(sets.values()))[1].examples
   if say:
-    say(f"Probes ({', '.join(evals)}) on {len(train_y)} train / {len(test_y)} test images; features ready in "
+    say(f"Probes ({', '.join(evals)}) on {train_n} train / {test_n} test images; features ready in "
         f"{time.perf_counter() - start:.0f} s:")
-  table = probes(sets, train_y, test_y, evals, pc, config.seed, tokens, say)
-  result = {"step": step, "train_examples": int(len(train_y)), "test_examples": int(len(test_y)), "table": table}
+  table = probes(sets, evals, pc, config.seed, mesh, tokens, names, say)
+  result = {"step": step, "train_examples": int(train_n), "test_examples": int(test_n), "table": table}
   last, last4 = f"{TRAINED}, last layer", f"{TRAINED}, last 4 layers"
   for key, name, ev in (("linear_top1", last, "linear"), ("linear_last4_top1", last4, "linear"),
                         ("lowshot_top1", last, "lowshot"), ("knn_top1", last, "knn"),
@@ -145,7 +274,7 @@ def run(config, encoder, trained, initial, mesh, workdir: str, evals=None, step:
                         ("raw_pixels_top1", PIXELS, "linear")):
     if ev in table.get(name, {}):
       result[key] = table[name][ev]["top1"]
-  text = markdown(table, evals, pc, len(train_y), step)
+  text = markdown(table, evals, pc, train_n, step)
   if jax.process_index() == 0:
     storage.write_text(storage.join(workdir, "eval.json"), json.dumps(result, indent=2))
     storage.write_text(storage.join(workdir, "eval.md"), text)
