@@ -124,6 +124,8 @@ def base_config() -> ml_collections.ConfigDict:
       sgd_lrs=(0.01, 0.05, 0.001), sgd_weight_decays=(0.0005, 0.0),  # the paper's sweep (reference lr x batch/256)
       sgd_batch_size=16384, sgd_epochs=50, sgd_decay_epochs=15,      # LARS; lr / 10 every 15 epochs
       sgd_window=8,              # shards read and shuffled together
+      sgd_reference_examples=1281167,  # the split size sgd_batch_size is for: a smaller split keeps its steps per
+                                 # epoch with a smaller batch (same lr a step); 0: sgd_batch_size on any split
       weight_decays=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7),  # a path, strongest first; chosen on held-out train, refit
       standardise=True,          # features to zero mean / unit variance first (the probe's BatchNorm)
       lowshot_fraction=0.01, lowshot_seeds=(0, 1, 2),

@@ -156,3 +156,89 @@ def test_two_processes_on_gcs_killed_then_resumed_from_the_bucket(gcs, tmp_path)
   _run_two_processes(workdir, *args)
   rows = [json.loads(r) for r in (epath.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
   assert [(r["step"], r["loss"]) for r in rows] == _losses(full)   # the next batches exactly, bit for bit
+
+
+# ------------------------------------------------------------------------------------- evaluation at scale
+def _fashion_folder(root, train=1200, val=400):
+  """Fashion-MNIST's first images written as PNG class folders (train/, val/): real images, an image folder."""
+  from PIL import Image
+  from ijepa_jax.data import load_fashion_mnist, DEFAULT_FASHION_MNIST_PATH
+  for split, fm_split, n in (("train", "train", train), ("val", "test", val)):
+    images, labels = load_fashion_mnist(DEFAULT_FASHION_MNIST_PATH, fm_split)
+    for i in range(n):
+      d = os.path.join(root, split, f"class_{labels[i]}")
+      os.makedirs(d, exist_ok=True)
+      Image.fromarray(images[i, :, :, 0], "L").save(os.path.join(d, f"fm_{fm_split}_{i:05d}.png"))
+
+
+def _evaluate_cmd(checkpoint, folder, out, *extra):
+  return [sys.executable, "-m", "ijepa_jax.evaluate", f"--checkpoint={checkpoint}", "--config=configs/fashion_mnist.py",
+          "--config.data.source=image_folder", f"--config.data.path={folder}", "--config.data.eval_split=val",
+          "--config.probe.shard_size=50", "--config.probe.batch_size=32", "--config.probe.in_memory_gib=0",
+          "--config.probe.sgd_epochs=6", "--config.probe.sgd_batch_size=256", "--config.probe.sgd_decay_epochs=3",
+          "--config.probe.sgd_reference_examples=0",
+          "--config.probe.random_init_baseline=False", "--config.probe.raw_pixels_baseline=False",
+          "--config.probe.weight_decays=(0.01,)", "--config.probe.lowshot_fraction=0.05",
+          "--config.probe.lowshot_seeds=(0,)", "--eval=linear,lowshot,knn", f"--out={out}", *extra]
+
+
+def _shard_files(out):
+  root = os.path.join(out, "eval_cache", "2", "trained")
+  return {os.path.join(s, f): os.stat(os.path.join(root, s, f)).st_mtime_ns
+          for s in ("train", "val") if os.path.isdir(os.path.join(root, s))
+          for f in os.listdir(os.path.join(root, s)) if f.startswith("shard_") and f.endswith(".npz")}
+
+
+def test_evaluation_on_two_processes_equals_one_and_resumes_after_a_kill(tmp_path):
+  """Streamed probes of an encoder pretrained on Fashion-MNIST's IDX files, evaluated on the same kind of images as
+  an image folder: 1 process with 2 devices and 2 processes with 1 each write the same feature shards and the
+  same results; a kill during extraction, then the same command, finishes without redoing finished shards."""
+  from conftest import tiny_config
+  from ijepa_jax import train
+  folder, ckpt = tmp_path / "folder", tmp_path / "run"
+  _fashion_folder(str(folder))
+  train.train_and_evaluate(tiny_config(total_steps=2, **{"model.depth": 4}), str(ckpt))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  one = subprocess.run(_evaluate_cmd(ckpt, folder, tmp_path / "one"), cwd=REPO, capture_output=True, text=True,
+                       env=dict(env, JAX_NUM_CPU_DEVICES="2"), timeout=600)
+  assert one.returncode == 0, one.stderr[-3000:]
+  assert "round 1/" in one.stderr and "images/s" in one.stderr                  # the progress line
+  port = _free_port()
+  procs = [subprocess.Popen(_evaluate_cmd(ckpt, folder, tmp_path / "two", f"--coordinator_address=127.0.0.1:{port}",
+                                          "--num_processes=2", f"--process_id={i}"),
+                            cwd=REPO, env=dict(env, JAX_NUM_CPU_DEVICES="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  got, want = (json.load(open(tmp_path / d / "eval.json")) for d in ("two", "one"))
+  assert got["train_examples"] == 1200 and got["test_examples"] == 400
+  for name, row in want["table"].items():
+    assert {k: r["path"] for k, r in row.items()} == {"linear": "streamed", "lowshot": "in memory", "knn": "streamed"}
+    for ev, r in row.items():
+      assert abs(got["table"][name][ev]["top1"] - r["top1"]) <= 1 / 400, (name, ev)   # at most one test image
+  assert want["knn_top1"] == got["knn_top1"] and want["lowshot_top1"] == got["lowshot_top1"]
+  assert want["knn_top1"] > 0.5 and want["linear_top1"] > 0.5                    # chance: 0.1
+  for shard in _shard_files(tmp_path / "one"):
+    a, b = (np.load(tmp_path / d / "eval_cache" / "2" / "trained" / shard) for d in ("one", "two"))
+    np.testing.assert_array_equal(a["index"], b["index"])
+    np.testing.assert_allclose(a["features"].astype(np.float32), b["features"].astype(np.float32), atol=2e-3)
+
+  # Killed during extraction, then the same command: the finished shards are kept as they are.
+  cmd = _evaluate_cmd(ckpt, folder, tmp_path / "killed")
+  proc = subprocess.Popen(cmd, cwd=REPO, env=dict(env, JAX_NUM_CPU_DEVICES="2"), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not _shard_files(tmp_path / "killed") and time.time() < deadline and proc.poll() is None:
+    time.sleep(0.02)
+  proc.kill()
+  proc.wait()
+  before = _shard_files(tmp_path / "killed")
+  assert 0 < len(before) < len(_shard_files(tmp_path / "one")), len(before)       # killed part-way
+  again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(env, JAX_NUM_CPU_DEVICES="2"),
+                         timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  after = _shard_files(tmp_path / "killed")
+  assert set(after) == set(_shard_files(tmp_path / "one"))
+  assert all(after[f] == t for f, t in before.items())                           # not redone
+  assert json.load(open(tmp_path / "killed" / "eval.json"))["table"] == want["table"]

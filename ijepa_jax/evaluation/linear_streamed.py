@@ -5,13 +5,12 @@ Protocol (I-JEPA, appendix A.2, after MAE and VISSL): average-pooled features of
 (last layer, or the last 4 layers concatenated), a BatchNorm without affine before the linear head (here: each
 feature standardised with the train split's statistics, what that BatchNorm does at test time), LARS, batch
 16384, 50 epochs, the learning rate divided by 10 every 15 epochs, reference learning rates {0.01, 0.05, 0.001}
-(scaled by batch / 256, as MAE does) and weight decays {0.0005, 0}. On a split of N < 1,281,167 train
-examples the learning rates are also multiplied by 1,281,167 / N: a LARS step moves the head by a fixed share
-of its norm, so an epoch moves it in proportion to its number of steps, and without this the protocol, tuned on
-ImageNet-1k, leaves the head of a 60,000-example split far from converged (measured: 80.8 vs 84.4 on Fashion-
-MNIST's raw pixels; with it 84.42, the full-batch probe 84.35). The paper reports the best of the sweep;
-here the sweep is chosen on held-out train shards (the last tenth) and the winner refit on all of train, so
-the validation split is never used to choose (every setting of the sweep is trained at once, one head each,
+(scaled by batch / 256, as MAE does) and weight decays {0.0005, 0}. On a split smaller than ImageNet-1k's
+1,281,167 train examples the batch shrinks to keep ImageNet's 78 steps an epoch, at ImageNet's learning rate a
+step: a LARS step moves the head by a share of its norm, so the same number of steps at the same rate is the same
+optimisation, where a 16384 batch would leave a 60,000-example split with 3 steps an epoch, far from converged.
+The paper reports the best of the sweep; here the sweep is chosen on held-out train shards (the last tenth) and
+the winner refit on all of train, so the validation split is never used to choose (every setting of the sweep is trained at once, one head each,
 on the same minibatches).
 
 Every process reads the same window of shards and the same minibatches (a function of seed and epoch), and
@@ -66,14 +65,16 @@ def _put(mesh: Mesh, array: np.ndarray) -> jax.Array:
 
 
 def train_heads(train: Shards, shard_ids, settings, num_classes: int, mean, std, mesh: Mesh, batch_size: int,
-                epochs: int, decay_every: int, seed: int, window: int) -> list[dict]:
+                epochs: int, decay_every: int, seed: int, window: int, reference: int = IMAGENET_TRAIN) -> list[dict]:
   """One linear head per (reference lr, weight decay) in `settings`, trained together on the same minibatches
   with LARS and a step-wise decay; returns their params (numpy)."""
   dp = sharding.data_parallel_size(mesh)
   examples = sum(len(train.load_meta(int(i))[0]) for i in shard_ids)
+  lr_scale = batch_size / 256  # per step, at the protocol's batch (MAE's rule)
+  if reference > 0:  # ImageNet's steps per epoch, with a smaller batch on a smaller split
+    batch_size = min(batch_size, examples * batch_size // reference)
   batch_size = max(dp, min(batch_size, examples) // dp * dp)
   steps_per_epoch = max(1, examples // batch_size)
-  lr_scale = batch_size / 256 * max(1.0, IMAGENET_TRAIN / examples)
   boundaries = {e * steps_per_epoch: 0.1 for e in range(decay_every, epochs, decay_every)}
   width = train.load(int(shard_ids[0]))[0].shape[1]
   mask = {"w": True, "b": False}  # no weight decay and no trust ratio on the bias
@@ -132,7 +133,8 @@ def probe(train: Shards, test: Shards, pc, mesh: Mesh, seed: int) -> dict:
   num_classes = int(max(labels.max(), *(test.load_meta(i)[0].max() for i in range(test.num_shards)))) + 1
   settings = [(float(lr), float(wd)) for lr in pc.sgd_lrs for wd in pc.sgd_weight_decays]
   kw = dict(mesh=mesh, batch_size=int(pc.sgd_batch_size), epochs=int(pc.sgd_epochs),
-            decay_every=int(pc.sgd_decay_epochs), seed=seed, window=int(pc.sgd_window))
+            decay_every=int(pc.sgd_decay_epochs), seed=seed, window=int(pc.sgd_window),
+            reference=int(pc.sgd_reference_examples))
   if pc.standardise:
     mean, std = statistics(train, fit_ids)
   else:

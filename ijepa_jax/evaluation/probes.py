@@ -230,9 +230,12 @@ def markdown(table: dict, evals, pc, train_examples: int, step: int | None) -> s
   heads = {"linear": "linear", "lowshot": f"{100 * pc.lowshot_fraction:g}% labels ({len(pc.lowshot_seeds)} draws)",
            "knn": f"k-NN (k={pc.knn_k})", "attentive": "attentive"}
   cols = [e for e in EVALS if e in evals]
+  streamed = any(r.get("path") == "streamed" for row in table.values() for k, r in row.items() if k == "linear")
+  how = ("the paper's LARS protocol on minibatches streamed from the feature shards, learning rate and weight "
+         "decay chosen on held-out train" if streamed else "logistic regression, penalty chosen on held-out train")
   lines = [f"Frozen features{'' if step is None else f' at step {step}'}, test top-1 "
-           f"({train_examples} train examples; linear: logistic regression on "
-           f"{'standardised' if pc.standardise else 'raw'} features, penalty chosen on held-out train):",
+           f"({train_examples} train examples; linear: {how}, on "
+           f"{'standardised' if pc.standardise else 'raw'} features):",
            "", "| features | " + " | ".join(heads[c] for c in cols) + " |", "|---|" + "---|" * len(cols)]
   for name, row in table.items():
     cells = []
