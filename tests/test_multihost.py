@@ -175,8 +175,7 @@ def _evaluate_cmd(checkpoint, folder, out, *extra):
   return [sys.executable, "-m", "ijepa_jax.evaluate", f"--checkpoint={checkpoint}", "--config=configs/fashion_mnist.py",
           "--config.data.source=image_folder", f"--config.data.path={folder}", "--config.data.eval_split=val",
           "--config.probe.shard_size=50", "--config.probe.batch_size=32", "--config.probe.in_memory_gib=0",
-          "--config.probe.sgd_epochs=6", "--config.probe.sgd_batch_size=256", "--config.probe.sgd_decay_epochs=3",
-          "--config.probe.sgd_reference_examples=0",
+          "--config.probe.sgd_epochs=3", "--config.probe.sgd_decay_epochs=1",
           "--config.probe.random_init_baseline=False", "--config.probe.raw_pixels_baseline=False",
           "--config.probe.weight_decays=(0.01,)", "--config.probe.lowshot_fraction=0.05",
           "--config.probe.lowshot_seeds=(0,)", "--eval=linear,lowshot,knn", f"--out={out}", *extra]
@@ -218,7 +217,7 @@ def test_evaluation_on_two_processes_equals_one_and_resumes_after_a_kill(tmp_pat
     for ev, r in row.items():
       assert abs(got["table"][name][ev]["top1"] - r["top1"]) <= 1 / 400, (name, ev)   # at most one test image
   assert want["knn_top1"] == got["knn_top1"] and want["lowshot_top1"] == got["lowshot_top1"]
-  assert want["knn_top1"] > 0.5 and want["linear_top1"] > 0.5                    # chance: 0.1
+  assert want["knn_top1"] > 0.5 and want["linear_top1"] > 0.3                    # chance: 0.1
   for shard in _shard_files(tmp_path / "one"):
     a, b = (np.load(tmp_path / d / "eval_cache" / "2" / "trained" / shard) for d in ("one", "two"))
     np.testing.assert_array_equal(a["index"], b["index"])

@@ -106,7 +106,8 @@ def train_heads(train: Shards, shard_ids, settings, num_classes: int, mean, std,
   with jax.set_mesh(mesh):
     for epoch in range(epochs):
       for x, y in minibatches(train, shard_ids, batch_size, seed, epoch, window):
-        heads, states = step(heads, states, _put(mesh, x), _put(mesh, y.astype(np.int32)))
+        # One step at a time: thousands of tiny steps queued ahead hung XLA:CPU's all-reduce between 2 devices.
+        heads, states = jax.block_until_ready(step(heads, states, _put(mesh, x), _put(mesh, y.astype(np.int32))))
   return [jax.tree.map(np.asarray, h) for h in heads]
 
 
