@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from conftest import tiny_config
 from ijepa_jax import sharding
@@ -258,3 +259,51 @@ def test_streamed_and_in_memory_probes_agree_on_the_demos_data(tmp_path):
   assert abs(streamed["linear"]["top1"] - in_memory["linear"]["top1"]) <= 0.005, (streamed, in_memory)
   assert abs(streamed["knn"]["top1"] - in_memory["knn"]["top1"]) <= 1e-4
   assert in_memory["linear"]["top1"] > 0.8
+
+
+def test_feature_shards_resume_refuse_others_and_feed_the_low_shot_list(tmp_path):
+  """shards.write: every example once, in shards of a seeded permutation; an existing folder is resumed (finished
+  shards kept), one written for something else is refused; the low-shot probe on a list of file names trains on
+  exactly those files."""
+  from ijepa_jax.errors import ConfigError
+  from ijepa_jax.evaluation import probes, shards
+  rng = np.random.default_rng(0)
+  x, y = _blobs(rng, 700, dim=4, spread=4.0)
+  pixels = np.clip(x * 10 + 128, 0, 255).astype(np.uint8)
+  mesh = sharding.make_mesh(dict(data=-1, fsdp=1), jax.devices())
+
+  def make_batches(idx, batch, base=0):
+    return ({"images": pixels[base + idx[i:i + batch]], "labels": y[base + idx[i:i + batch]]}
+            for i in range(0, len(idx), batch))
+
+  def write(directory, n, base=0, identity=None):
+    return shards.write(str(directory), n, lambda idx, b: make_batches(idx, b, base), (4,),
+                        jax.jit(lambda v: v.astype(jnp.float32)), mesh, 64, 128, 0, identity or {"split": "x"})
+
+  write(tmp_path / "train", 600)
+  write(tmp_path / "test", 100, base=600)
+  train, test = shards.Shards(str(tmp_path / "train")), shards.Shards(str(tmp_path / "test"))
+  assert train.num_shards == 5 and train.examples == 600
+  feats, labels = train.arrays()
+  _, index = train.labels()
+  assert sorted(index) == list(range(600)) and list(index[:5]) != [0, 1, 2, 3, 4]   # all once, shuffled
+  np.testing.assert_array_equal(feats, pixels[index].astype(np.float32))
+  np.testing.assert_array_equal(labels, y[index])
+  os.remove(tmp_path / "train" / shards.shard_name(3))
+  before = os.stat(tmp_path / "train" / shards.shard_name(0)).st_mtime_ns
+  write(tmp_path / "train", 600)                                       # only shard 3 again
+  assert os.stat(tmp_path / "train" / shards.shard_name(0)).st_mtime_ns == before
+  assert (tmp_path / "train" / shards.shard_name(3)).exists()
+  with pytest.raises(ConfigError, match="holds features of something else"):
+    write(tmp_path / "train", 600, identity={"split": "y"})
+
+  names = [f"img_{i:04d}.png" for i in range(600)]
+  chosen = names[::20]                                                 # 30 files
+  (tmp_path / "list.txt").write_text("\n".join(chosen) + "\n")
+  pc = ml_collections.ConfigDict(dict(lowshot_list=str(tmp_path / "list.txt"), weight_decays=(0.01,),
+                                      standardise=True, lowshot_fraction=0.01, lowshot_seeds=(0, 1)))
+  r = probes.lowshot(train, test, pc, names)
+  assert r["examples"] == 30 and r["draws"] == [r["top1"]] and r["top1"] > 0.8
+  (tmp_path / "list.txt").write_text("\n".join(chosen + ["missing.png"]) + "\n")
+  with pytest.raises(ConfigError, match="1 of the 31 files"):
+    probes.lowshot(train, test, pc, names)

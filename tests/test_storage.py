@@ -84,6 +84,8 @@ def test_train_evaluate_extract_on_gcs(gcs, tmp_path):
   assert json.loads((w / "config.json").read_text())["model"]["patch_size"] == 2
   assert 0.1 < json.loads((w / "eval.json").read_text())["linear_top1"] <= 1.0
   assert {"eval.md", "training_curves.png", "probe_results.png"} <= {p.name for p in w.iterdir()}
+  shards = w / "eval_cache" / "4" / "trained" / "train"                   # the feature shards, in the bucket
+  assert (shards / "manifest.json").exists() and (shards / "shard_00000.npz").exists()
 
   ev = _cli("ijepa_jax.evaluate", f"--checkpoint={workdir}", "--eval=knn")
   assert ev.returncode == 0, ev.stderr[-3000:]

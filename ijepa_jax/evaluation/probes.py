@@ -227,7 +227,9 @@ def probes(sets: dict, evals, pc, seed: int, mesh=None, tokens: dict | None = No
 
 
 def markdown(table: dict, evals, pc, train_examples: int, step: int | None) -> str:
-  heads = {"linear": "linear", "lowshot": f"{100 * pc.lowshot_fraction:g}% labels ({len(pc.lowshot_seeds)} draws)",
+  lowshot = (f"low-shot ({os.path.basename(str(pc.lowshot_list))})" if pc.get("lowshot_list") else
+             f"{100 * pc.lowshot_fraction:g}% labels ({len(pc.lowshot_seeds)} draws)")
+  heads = {"linear": "linear", "lowshot": lowshot,
            "knn": f"k-NN (k={pc.knn_k})", "attentive": "attentive"}
   cols = [e for e in EVALS if e in evals]
   streamed = any(r.get("path") == "streamed" for row in table.values() for k, r in row.items() if k == "linear")
