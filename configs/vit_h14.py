@@ -4,7 +4,10 @@ Command (ImageNet as an ImageFolder tree: /data/imagenet/train/<class>/*.JPEG):
   python -m ijepa_jax.main --config=configs/vit_h14.py --workdir=/ckpt/vith14 \
       --config.data.path=/data/imagenet
 Expected result (paper, Table 1): 79.3% ImageNet-1k linear probe top-1 with the target encoder,
-after 300 epochs at global batch 2048 (under 1200 A100-hours in the release).
+after 300 epochs at global batch 2048 (under 1200 A100-hours in the release). Measured by
+  python -m ijepa_jax.evaluate --checkpoint=/ckpt/vith14 --config=configs/vit_h14.py \
+      --config.data.path=/data/imagenet --eval=linear,lowshot
+(the paper's LARS linear probe on features streamed from shards; README, "Using an encoder").
 Loss: smooth-L1, because the release trained its published checkpoints with it (the paper says L2;
 set --config.loss=l2 for the paper's variant).
 Precision: dtype=bfloat16, the release's CUDA autocast (bf16 matmuls and conv, fp32 residual stream,
