@@ -1,14 +1,15 @@
 """How much memory and compute a config's train step needs per device, without running it.
 
   python -m ijepa_jax.memory --config=configs/vit_h14.py --topology=v5p-128 [--num_slices=2]
-      [--per_device_batch=32] [--hbm_gib=X] [--config.KEY=VALUE ...]
+      [--per_device_batch=32] [--hbm_gib=X] [--time] [--config.KEY=VALUE ...]
 
 compiles the train step `main` runs (train.build, the config's mesh and axis rules) with the TPU
 compiler for a Cloud TPU slice, compile only, on any machine with libtpu installed (the tpu or test
 extra; no TPU needed). Per device it prints the compiler's memory analysis (arguments, outputs,
 aliased, temp, generated code, and their peak), the chip's HBM and the headroom, the compiler's
 FLOPs next to the analytic count (ijepa_jax.flops), the collectives in the compiled program, the
-lower and compile times, and when the step does not fit, what to change.
+lower and compile times, and when the step does not fit, what to change. --time adds the TPU compiler's
+cost-model time for the step (a lower bound, not a measurement), images/s per chip and the implied MFU.
 
   python -m ijepa_jax.memory --config=configs/vit_h14.py --devices=8,16,32,64 [--per_device_batch=32]
 
@@ -269,6 +270,65 @@ def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int
   return out
 
 
+def _optimal_seconds(compiled) -> float:
+  """The TPU cost model's time for one device's program: cost_analysis()['optimal_seconds'], plus 1 s per
+  ConcatBitcast (v4 and v6e programs join fp32 weight slices with it and the model prices each at -1 s;
+  experiments/results/eval_cost.md)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  bitcasts = len(re.findall(r'custom_call_target="ConcatBitcast"', compiled.as_text()))
+  return float(cost["optimal_seconds"]) + bitcasts
+
+
+def time_estimate(config, topology: str, num_slices: int = 1, per_device_batch: int | None = None) -> dict:
+  """The TPU compiler's cost-model time for the config's train step: a lower bound, not a measurement.
+
+  The cost model counts a loop's body once, so a scanned layer stack would be costed as one block: the step is
+  compiled unrolled (scan_layers=False) at encoder / predictor depths (1, 1), (2, 1) and (1, 2) and extrapolated
+  linearly to the config's depths (each block the same program). Returns {'step_s', 'encoder_block_s',
+  'predictor_block_s', 'depths', 'images_per_s_per_chip', 'mfu' (the step's analytic FLOPs over the step time at
+  the chip's bf16 peak), 'peak_flops'}."""
+  import ml_collections
+  from ijepa_jax import flops, tpu_topologies
+  from ijepa_jax import state as state_lib
+  from ijepa_jax.errors import ConfigError
+  slice_ = tpu_topologies.parse(topology)
+  devices = tpu_devices(slice_, num_slices)
+  encoder, predictor = state_lib.models(config)
+  depths = (encoder.depth, predictor.depth)
+
+  def seconds(depth: int, predictor_depth: int) -> tuple[float, dict]:
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.model.scan_layers, c.model.depth, c.model.predictor_depth = False, depth, predictor_depth
+    compiled = _compile(c, devices, per_device_batch)
+    if compiled["compiled"] is None:
+      raise ConfigError(f"the step does not fit {topology} even with {depth} encoder block(s): no time estimate.")
+    return _optimal_seconds(compiled["compiled"]), compiled
+
+  base, low = seconds(1, 1)
+  encoder_block, predictor_block = seconds(2, 1)[0] - base, seconds(1, 2)[0] - base
+  step = base + (depths[0] - 1) * encoder_block + (depths[1] - 1) * predictor_block
+  sampler, batch = low["sampler"], low["report"]["batch"]
+  per_image = flops.config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)["total"]
+  peak = tpu_topologies.PEAK_BF16_FLOPS[slice_.generation]
+  chips = slice_.chips * num_slices
+  return dict(step_s=step, encoder_block_s=encoder_block, predictor_block_s=predictor_block, depths=depths,
+              images_per_s_per_chip=batch / chips / step, mfu=per_image * batch / chips / step / peak,
+              peak_flops=peak, grad_accum_steps=int(config.grad_accum_steps))
+
+
+def time_text(t: dict, generation: str) -> str:
+  lines = [f"TPU compiler's cost model (a lower bound on time, not a measurement; the step compiled unrolled at "
+           f"encoder / predictor depths (1, 1), (2, 1), (1, 2), extrapolated to {t['depths']}): step "
+           f"{t['step_s']:.4g} s, {t['images_per_s_per_chip']:.0f} images/s per chip, MFU {100 * t['mfu']:.0f}% "
+           f"(the step's analytic FLOPs at {generation}'s {t['peak_flops'] / 1e12:.0f} TFLOP/s bf16); per block: "
+           f"encoder {t['encoder_block_s']:.3g} s, predictor {t['predictor_block_s']:.3g} s"]
+  if t["grad_accum_steps"] > 1:
+    lines.append(f"  with grad_accum_steps={t['grad_accum_steps']} the micro-batch loop is counted once: the "
+                 f"step takes about {t['grad_accum_steps']}x longer")
+  return "\n".join(lines)
+
+
 _GIB_FIGURE = r"([0-9.]+)([KMGT])"
 _UNITS = {"K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
@@ -435,6 +495,13 @@ def _main_tpu(config) -> None:
     _usage_error(str(e))
   print()
   print(tpu_text(config, r, importlib.metadata.version("libtpu")))
+  if _TIME.value and r.get("fits"):
+    print(f"\nestimating the step time: 3 more compiles, unrolled ...", flush=True)
+    try:
+      t = time_estimate(config, _TOPOLOGY.value, _NUM_SLICES.value, _PER_DEVICE_BATCH.value)
+    except ConfigError as e:
+      _usage_error(str(e))
+    print(time_text(t, r["generation"]))
 
 
 def _main_cpu(config) -> None:
@@ -492,10 +559,12 @@ if __name__ == "__main__":
                                      "config.mesh_dcn sizes the mesh across them).")
   _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "With --topology: HBM per chip to judge the fit against "
                                 "(default: the chip's).")
+  _TIME = flags.DEFINE_bool("time", False, "With --topology: also the TPU cost model's step time, images/s per "
+                            "chip and MFU (3 more compiles, unrolled at small depths).")
   _DEVICES = flags.DEFINE_string("devices", "8,16,32,64", "Comma-separated fake CPU device counts (XLA:CPU mode).")
   _PER_DEVICE_BATCH = flags.DEFINE_integer("per_device_batch", None,
                                            "Images per data-parallel device (default: the config's batch).")
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=flags_parser(
       "python -m ijepa_jax.memory --config=configs/NAME.py (--topology=v5p-128 [--num_slices=2] "
-      "[--hbm_gib=X] | --devices=8,16,32,64) [--per_device_batch=32]"))
+      "[--hbm_gib=X] [--time] | --devices=8,16,32,64) [--per_device_batch=32]"))

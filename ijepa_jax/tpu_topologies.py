@@ -22,6 +22,8 @@ GENERATIONS = {
     "v5e": ("v5e", False, 16 * GIB, 256),
     "v6e": ("v6e", False, 32 * GIB, 256),
 }
+# Peak dense bf16 FLOP/s per chip, as Cloud TPU's pages state them: the denominator of an MFU.
+PEAK_BF16_FLOPS = {"v4": 275e12, "v5p": 459e12, "v5e": 197e12, "v6e": 918e12}
 _ALIASES = {"v5litepod": "v5e"}
 _SMALL_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4)}
 _SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}

@@ -263,3 +263,30 @@ def test_memory_cli_rejects_misuse_in_one_line(flags, message):
   proc = subprocess.run(TPU_CLI + flags, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
   assert "Traceback" not in proc.stderr
+
+
+TIME_SCRIPT = """
+import sys, json, jax
+jax.config.update("jax_platforms", "cpu")
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+from ijepa_jax import memory, tpu_topologies
+c = tiny_config(**{"model.width": 128, "model.mlp_dim": 512, "model.predictor_width": 64, "model.depth": 4,
+                   "model.predictor_depth": 3, "model.scan_layers": True})
+t = memory.time_estimate(c, "v5p-8")
+c.model.scan_layers = False   # the whole unrolled step, to check the extrapolation against
+direct = memory._optimal_seconds(memory._compile(c, memory.tpu_devices(tpu_topologies.parse("v5p-8")), None)["compiled"])
+print("RESULT" + json.dumps(dict(t, direct=direct)))
+"""
+
+
+def test_time_estimate_extrapolates_unrolled_compiles_to_the_whole_step():
+  """The cost model's step time from compiles at depths (1, 1), (2, 1), (1, 2) matches the unrolled step at the
+  config's depths (4, 3): each block is the same program, and the scanned step would be costed as one block."""
+  import json
+  proc = subprocess.run([sys.executable, "-c", TIME_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  t = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert t["depths"] == [4, 3] and t["encoder_block_s"] > 0 and t["predictor_block_s"] > 0
+  assert abs(t["step_s"] / t["direct"] - 1) < 0.03, t
+  assert t["images_per_s_per_chip"] == pytest.approx(16 / 4 / t["step_s"]) and 0 < t["mfu"] < 1
