@@ -15,7 +15,9 @@ LayerNorm, softmax and loss; fp32 parameters and optimizer state; experiments/re
 Without ImageNet at data.path the run stops at once with a message naming the override.
 Masks: the release's collator at static shapes (mask.counts=release: whole target blocks, contexts
 truncated per per-GPU batch, padded and masked); its cost against the smaller fixed layout
-(--config.mask.counts=fixed) is in experiments/results/mask_cost.md.
+(--config.mask.counts=fixed) is in experiments/results/mask_cost.md. Each global batch is padded to the
+shortest of mask.context_buckets that holds its contexts (experiments/results/buckets.md; all compiled before
+step 1; --config.mask.context_buckets='()' pads every batch to num_context).
 """
 from ijepa_jax.defaults import base_config
 
@@ -32,4 +34,8 @@ def get_config():
   # at 128 of the 225 tokens a context can have: the longest truncated context in 8,000 simulated batches
   # was 102; tokens a cap would cut are counted in the log (context_tokens_cut).
   c.mask.counts, c.mask.num_context = "release", 128
+  # Each global batch padded to the shortest of these context lengths holding its longest context, not always
+  # to num_context: the analytic FLOPs per image fall from ~1.4x the release's mean to <= 1.2x
+  # (experiments/results/buckets.md); one compiled step per bucket, all before step 1.
+  c.mask.context_buckets = (88, 96, 104, 128)
   return c

@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
       num_context=-1,            # fixed: -1 = the release's mean truncated context length at reference_batch;
                                  # release: the padded length, -1 = the longest context possible (never cut)
       reference_batch=128,       # the release's per-device batch (for counts=fixed's num_context)
+      context_buckets=(),        # counts=release: context lengths a global batch may be padded to, the shortest
+                                 # holding its longest context (num_context is always the last); one compiled
+                                 # step each, all before step 1. (): every batch padded to num_context
   ))
 
   c.optim = ml_collections.ConfigDict(dict(
@@ -108,6 +111,8 @@ def base_config() -> ml_collections.ConfigDict:
                                  # metrics as nonfinite_steps); False: the run stops at that step
   c.run_steps = -1              # > 0: stop after this many steps of this invocation (checkpointed),
                                 # e.g. for schedulers with time limits; re-run the command to continue
+  c.compilation_cache = "workdir"  # JAX's persistent compilation cache: "workdir" (WORKDIR/compilation_cache),
+                                 # another folder (gs:// allowed) or "" (off); a restart reads its step back
   c.write_plots = True           # at the end: training_curves.png, mask_examples.png, probe_results.png
   c.log_every = 50
   c.checkpoint_every = 1000

@@ -8,6 +8,7 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -83,9 +84,64 @@ def build(config, mesh, sampler, total_steps: int, warmup_steps: int):
                             config.loss, d.mean, d.std, config.skip_nonfinite_steps, config.grad_accum_steps,
                             config.get("target", "representation"), config.model.patch_size)
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", *sampler.example_shapes())}
-  train_step = jax.jit(step_fn, in_shardings=(state_shardings, batch_shardings),
+  traces = []
+
+  def traced_step(state, batch):
+    traces.append(1)   # once per program: jit traces a function once for each new input signature
+    return step_fn(state, batch)
+
+  train_step = jax.jit(traced_step, in_shardings=(state_shardings, batch_shardings),
                        out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  train_step.programs = traces  # len(): the programs this step has compiled (or read from the cache)
   return encoder, abstract_state, (lambda: init(rng)), train_step
+
+
+def abstract_batch(config, sampler, mesh, context_length: int | None = None) -> dict:
+  """The global batch the step takes, as ShapeDtypeStructs split over the batch axes (context_idx cut to
+  context_length when given: a context bucket)."""
+  b, size, spec = config.batch_size, config.data.image_size, sharding.batch_sharding(mesh)
+  shapes = dict(sampler.example_shapes())
+  if context_length is not None:
+    shapes["context_idx"] = (context_length,)
+  out = {"images": jax.ShapeDtypeStruct((b, size, size, config.data.channels), jnp.uint8, sharding=spec),
+         "skipped": jax.ShapeDtypeStruct((b,), jnp.int32, sharding=spec)}
+  out.update({k: jax.ShapeDtypeStruct((b, *shape), jnp.int32, sharding=spec) for k, shape in shapes.items()})
+  return out
+
+
+_CACHE_HITS = []  # persistent compilation cache hits, counted by a jax.monitoring listener
+jax.monitoring.register_event_listener(
+    lambda event, **_: _CACHE_HITS.append(1) if event == "/jax/compilation_cache/cache_hits" else None)
+
+
+def use_compilation_cache(config, workdir: str) -> str | None:
+  """Turns on JAX's persistent compilation cache in compilation_cache ('workdir': WORKDIR/compilation_cache; a
+  path, gs:// allowed; '': off) for programs that took >= 1 s to compile: a restarted run reads its train step
+  back instead of compiling it. Returns the folder."""
+  from jax.experimental.compilation_cache import compilation_cache
+  where = str(config.get("compilation_cache", "workdir"))
+  if not where:
+    return None
+  path = storage.join(workdir, "compilation_cache") if where == "workdir" else where
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  compilation_cache.reset_cache()  # an earlier run in this process may have used another folder
+  return path
+
+
+def compile_steps(train_step, config, sampler, mesh, abstract_state, say=None) -> tuple[int, float, int]:
+  """Compiles the step for every batch shape it will see (each context bucket) before step 1, so no step
+  waits on the compiler mid-run; the jitted step then reuses these programs. Returns (programs, seconds,
+  persistent cache hits)."""
+  buckets = data.context_buckets(config.mask, sampler) or (None,)
+  start, hits = time.perf_counter(), len(_CACHE_HITS)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
+    for i, length in enumerate(buckets):
+      if say and len(buckets) > 1:
+        say(f"Compiling the train step for contexts of {length} tokens ({i + 1} of {len(buckets)}) ...")
+      train_step.lower(abstract_state, abstract_batch(config, sampler, mesh, length)).compile()
+  return len(buckets), time.perf_counter() - start, len(_CACHE_HITS) - hits
 
 
 def run_step(train_step, mesh, config, state, batch):
@@ -150,6 +206,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_config(config)
   # Before any data is read or any step compiled: the workdir (local or gs://) can hold checkpoints.
   storage.check_writable(workdir, probe_name=f".write_test_{jax.process_index()}")
+  cache_dir = use_compilation_cache(config, workdir)
 
   # -- mesh
   mesh = sharding.make_mesh(config.mesh, dcn_cfg=config.mesh_dcn)
@@ -187,6 +244,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f"{sampler.num_targets} targets x {sampler.num_target} tokens"
       + (f" (padded: the release's counts, per {sampler.shard_size} images)." if sampler.counts == "release"
          else "."))
+
+  programs, seconds, hits = compile_steps(train_step, config, sampler, mesh, abstract_state, writer.message)
+  writer.message(f"Train step compiled for {programs} batch shape(s) in {seconds:.0f} s"
+                 + (f" ({hits} read from the compilation cache in {cache_dir})." if cache_dir else "."))
 
   lr_fn = optim.lr_schedule(config.optim, total_steps, warmup_steps)
   wd_fn = optim.wd_schedule(config.optim, total_steps)
@@ -250,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           break
   finally:  # pending saves complete even when the run stops on an error: checkpoints stay whole
     checkpoint.wait(manager)
-  compiles = train_step._cache_size()
+  compiles = len(train_step.programs)
   at = int(state.step)
   if at == total_steps:
     where = "Finished"

@@ -241,6 +241,32 @@ def test_global_batches_do_not_depend_on_the_process_count(source, image_tree):
   assert len(set(ctx[:4, 0])) == 1 and len(set(ctx[4:, 0])) == 1 and ctx[0, 0] != ctx[4, 0]  # one draw a group
 
 
+def test_context_buckets_agree_across_processes():
+  """mask.context_buckets with the release's counts: every process draws every group of the step, so all cut
+  the contexts to the same bucket, the shortest holding the global batch's longest context; the rows are the
+  one-process run's, real tokens first."""
+  from ijepa_jax.defaults import base_config
+  from ijepa_jax.masks import MultiBlockSampler
+  cfg = make_config(batch_size=8)
+  cfg.mask = base_config().mask
+  cfg.mask.update(dict(counts="release", reference_batch=4, num_context=-1, min_keep=4, context_buckets=(12, 18)))
+  sampler = MultiBlockSampler.from_config(cfg.mask, 8)
+  assert data.context_buckets(cfg.mask, sampler) == (12, 18, sampler.num_context)
+  whole = take(iter(data.make_pretrain_dataset(cfg, sampler)), 6)
+  widths = [b["context_idx"].shape[1] for b in whole]
+  assert all(w in (12, 18, sampler.num_context) for w in widths) and len(set(widths)) > 1, widths
+  for b, w in zip(whole, widths):
+    longest = int(b["context_count"].max())
+    assert longest <= w and (w == 12 or longest > {18: 12, sampler.num_context: 18}[w])   # the shortest that holds
+  layout = [[0, 1, 4, 5], [2, 3, 6, 7]]                                   # each process half of each group
+  parts = [take(iter(data.make_pretrain_dataset(cfg, sampler, rows)), 6) for rows in layout]
+  order = np.argsort(np.concatenate(layout))
+  assert_same(whole, [{k: np.concatenate([p[i][k] for p in parts])[order] for k in whole[0]} for i in range(6)])
+  cfg.mask.counts = "fixed"
+  with pytest.raises(ConfigError, match="mask.counts=release"):
+    data.context_buckets(cfg.mask, MultiBlockSampler.from_config(cfg.mask, 8))
+
+
 def test_config_errors(tmp_path):
   with pytest.raises(ConfigError, match="batch_size"):
     data.process_rows(9, 0, 2)

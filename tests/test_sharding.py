@@ -66,7 +66,7 @@ PAPER_DEFAULT = textwrap.dedent("""
     from ijepa_jax import sharding, train
     from ijepa_jax.masks import MultiBlockSampler
     out = {}
-    for name in ("vit_h14", "vit_h16_448", "vit_h14_in22k", "vit_g16_in22k", "fashion_mnist"):
+    for name in ("vit_b16", "vit_l16", "vit_h14", "vit_h16_448", "vit_h14_in22k", "vit_g16_in22k", "fashion_mnist"):
       spec = importlib.util.spec_from_file_location(name, f"configs/{name}.py")
       module = importlib.util.module_from_spec(spec)
       spec.loader.exec_module(module)
@@ -98,11 +98,11 @@ def test_paper_configs_shard_the_train_state_by_default():
   proc = subprocess.run([sys.executable, "-c", PAPER_DEFAULT], cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.split("RESULT", 1)[1])
-  for name in ("vit_h14", "vit_h16_448", "vit_h14_in22k", "vit_g16_in22k"):
+  for name in ("vit_b16", "vit_l16", "vit_h14", "vit_h16_448", "vit_h14_in22k", "vit_g16_in22k"):
     assert out[name]["mesh"] == {"data": 1, "fsdp": 8}, out[name]
     # the layer scan by default: the blocks' matrices (qkv, proj, fc1, fc2) stacked on a leading axis of
     # the encoder's and the predictor's depth; every matrix split
-    depths = {"vit_g16_in22k": (40, 16)}.get(name, (32, 12))
+    depths = {"vit_g16_in22k": (40, 16), "vit_b16": (12, 6), "vit_l16": (24, 12)}.get(name, (32, 12))
     assert out[name]["scan"] and sorted(set(out[name]["stacked"])) == sorted(depths), out[name]
     assert len(out[name]["stacked"]) == 8, out[name]
     assert out[name]["unsplit"] == 0, out[name]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, tiny_config
-from ijepa_jax import sharding, train
+from ijepa_jax import data, sharding, train
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.masks import MultiBlockSampler
 
@@ -450,3 +450,24 @@ def test_launch_recipes_pass_the_config_checks():
   h14.mask.reference_batch = 96
   with pytest.raises(ConfigError, match="--config.mask.reference_batch to a divisor of 2048"):
     train.check_processes(h14, make_sampler(h14.mask, 16), 16, 64)
+
+
+def test_context_buckets_train_as_the_one_padded_shape(tmp_path, capsys):
+  """mask.context_buckets: each batch padded to the shortest bucket holding its longest context, every bucket
+  compiled before step 1 (one program each, none after), and the same losses as padding every batch to
+  num_context. A restart reads the programs back from the workdir's compilation cache."""
+  one = train.train_and_evaluate(tiny_config(total_steps=8, **{"mask.counts": "release"}), str(tmp_path / "one"))
+  c = tiny_config(total_steps=8, run_steps=4, **{"mask.counts": "release", "mask.context_buckets": (16, 24)})
+  sampler = MultiBlockSampler.from_config(c.mask, 8)
+  widths = [b["context_idx"].shape[1] for b, _ in zip(data.make_pretrain_dataset(c, sampler), range(8))]
+  assert set(widths) <= {16, 24, 64} and len(set(widths)) >= 2, widths
+  capsys.readouterr()
+  first = train.train_and_evaluate(c, str(tmp_path / "buckets"))
+  assert first["compiles"] == 3                                           # 16, 24 and num_context (64)
+  assert "Compiling the train step for contexts of 24 tokens (2 of 3)" in capsys.readouterr().out
+  again = train.train_and_evaluate(c, str(tmp_path / "buckets"))          # resumed at step 4
+  assert again["compiles"] == 3 and one["compiles"] == 1
+  assert "Train step compiled for 3 batch shape(s)" in (out := capsys.readouterr().out)
+  assert "(3 read from the compilation cache in " in out, out[-2000:]
+  losses = [r["loss"] for r in _rows(tmp_path / "buckets")]
+  np.testing.assert_allclose(losses, [r["loss"] for r in _rows(tmp_path / "one")], rtol=2e-5, atol=1e-6)

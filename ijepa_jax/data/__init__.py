@@ -29,8 +29,8 @@ Batches are numpy dicts: {'images': uint8 [b, S, S, C], 'skipped': int32 [b] (un
 to produce each example; sum it for the total), **mask_fn(rng, b)} with b = batch_size // process_count.
 No TensorFlow is imported (TFDS is only used through `tfds.data_source`, which decodes with Pillow).
 """
-from ijepa_jax.data.pipeline import (GlobalOrder, MaskFn, load_eval_arrays, make_eval_dataset, make_pretrain_dataset,
-                                     mask_group_size, process_rows)
+from ijepa_jax.data.pipeline import (GlobalOrder, MaskFn, context_buckets, load_eval_arrays, make_eval_dataset,
+                                     make_pretrain_dataset, mask_group_size, process_rows)
 from ijepa_jax.data.sources import (DEFAULT_FASHION_MNIST_PATH, IMAGE_EXTENSIONS, SOURCES, ArraySource, EncodedImages,
                                     FashionMnistSource, ImageFolder, RecordShards, SyntheticSource, TfdsSource,
                                     load_fashion_mnist, make_source)
@@ -43,5 +43,5 @@ __all__ = [
     "SOURCES", "IMAGE_EXTENSIONS", "DEFAULT_FASHION_MNIST_PATH", "MaskFn",
     "ArraySource", "FashionMnistSource", "SyntheticSource", "EncodedImages", "ImageFolder", "RecordShards", "TfdsSource",
     "load_fashion_mnist", "make_source", "random_resized_crop", "center_resize",
-    "make_pretrain_dataset", "make_eval_dataset", "load_eval_arrays", "GlobalOrder", "mask_group_size", "process_rows",
+    "make_pretrain_dataset", "make_eval_dataset", "load_eval_arrays", "GlobalOrder", "mask_group_size", "process_rows", "context_buckets",
 ]

@@ -175,20 +175,50 @@ def mask_group_size(mask_fn, batch_size: int) -> int:
   return group
 
 
+def context_buckets(mask_cfg, mask_fn) -> tuple[int, ...]:
+  """The context lengths a global batch may be padded to (mask.context_buckets, ascending, the sampler's
+  num_context last), or () for the one padded shape. Only the release's counts vary the context length."""
+  buckets = tuple(sorted({int(b) for b in (mask_cfg.get("context_buckets", ()) or ())}))
+  if not buckets:
+    return ()
+  longest = int(getattr(mask_fn, "num_context", 0))
+  if getattr(mask_fn, "counts", None) != "release":
+    raise ConfigError("mask.context_buckets pad each batch's contexts to the shortest bucket that holds them, which "
+                      "only the release's counts vary: set --config.mask.counts=release, or --config.mask."
+                      "context_buckets=() .")
+  if buckets[0] <= int(getattr(mask_fn, "min_keep", 0)) or buckets[-1] > longest:
+    raise ConfigError(f"mask.context_buckets={buckets} must lie between mask.min_keep={mask_fn.min_keep} and the "
+                      f"padded context length {longest} (mask.num_context): e.g. --config.mask.context_buckets="
+                      f"'({longest // 2}, {3 * longest // 4})'.")
+  return buckets if buckets[-1] == longest else (*buckets, longest)
+
+
 class _AddMasks(grain.transforms.Map):
   """Adds the masks of this process's rows: each group of `group` global rows of a step draws its own with
   mask_fn(rng(seed, step, group index), group), so a process holding part of a group computes the whole group
-  (the release truncates contexts to a group's shortest) and keeps its rows."""
+  (the release truncates contexts to a group's shortest) and keeps its rows.
 
-  def __init__(self, mask_fn: MaskFn, group: int, rows: np.ndarray, seed: int):
+  With context buckets, every process draws every group of the step (a few ms each), so that all agree on the
+  step's bucket: the shortest that holds the longest context of the global batch; the contexts (real tokens
+  first, then padding) are cut to it."""
+
+  def __init__(self, mask_fn: MaskFn, group: int, rows: np.ndarray, seed: int, buckets: tuple = (),
+               batch_size: int = 0):
     self.mask_fn, self.group, self.rows, self.seed = mask_fn, group, np.asarray(rows, np.int64), seed
+    self.buckets = tuple(buckets)
     self.groups = np.unique(self.rows // group)
+    self.all_groups = np.arange(batch_size // group) if self.buckets else self.groups
     self.take = np.searchsorted(self.groups, self.rows // group) * group + self.rows % group
 
   def map(self, batch):
     step = int(np.asarray(batch.pop("step")).flat[0])
-    drawn = [self.mask_fn(_rng(_MASK_TAG, self.seed, step, int(g)), self.group) for g in self.groups]
+    every = {int(g): self.mask_fn(_rng(_MASK_TAG, self.seed, step, int(g)), self.group) for g in self.all_groups}
+    drawn = [every[int(g)] for g in self.groups]
     masks = {k: np.concatenate([d[k] for d in drawn])[self.take] for k in drawn[0]}
+    if self.buckets:
+      longest = max(int(d["context_count"].max()) for d in every.values())
+      width = next(b for b in self.buckets if b >= longest)
+      masks["context_idx"] = np.ascontiguousarray(masks["context_idx"][:, :width])
     clash = set(masks) & set(batch)
     if clash:
       raise ValueError(f"mask_fn returned keys {sorted(clash)} that the batch already has")
@@ -253,7 +283,8 @@ def make_pretrain_dataset(config, mask_fn: MaskFn, rows: np.ndarray | None = Non
       crop = _CropExample(source, size, scale, ratio, channels, seed)
     ds = _LocalRows(order, rows, start_step).map(crop).batch(len(rows), drop_remainder=True, batch_fn=_stack_batch)
     default_threads = max(1, min(16, (os.cpu_count() or 1) // max(1, num_workers)))
-  ds = ds.map(_AddMasks(mask_fn, group, rows, seed))
+  buckets = context_buckets(config.mask, mask_fn) if hasattr(config, "mask") else ()
+  ds = ds.map(_AddMasks(mask_fn, group, rows, seed, buckets, batch_size))
   threads = max(1, int(_data_get(config, "read_threads", default_threads)))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, threads)))
   if num_workers > 0:
