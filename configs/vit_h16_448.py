@@ -32,5 +32,5 @@ def get_config():
   # Each global batch padded to the shortest of these context lengths holding its longest context, not always
   # to num_context: the analytic FLOPs per image fall from ~1.4x the release's mean to <= 1.2x
   # (experiments/results/buckets.md); one compiled step per bucket, all before step 1.
-  c.mask.context_buckets = (360, 368, 376, 392, 448)
+  c.mask.context_buckets = (360, 376, 400, 448)
   return c
