@@ -11,8 +11,8 @@ warmed up linearly from 1e-4 to 1e-3 over 15 epochs, then cosine to 1e-6 (the pa
 ViT-H configs warm up from 2e-4 over 40); EMA 0.996 -> 1.0. What the release's code does for every config stays
 the default here too: smooth-L1 loss (--config.loss=l2: the paper's), cosine weight-decay schedule 0.04 -> 0.4
 (--config.optim.wd_schedule=linear: the paper's), bf16 autocast, the release's masks at static shapes
-(mask.counts=release). Which slice it needs: python -m ijepa_jax.memory --config=configs/vit_l16.py
---topology=v5p-8 (README, "Sizing").
+(mask.counts=release). Smallest slices at batch 2048 with remat=dots, by the TPU compiler: a v5p-16 (65.22 of 95 GiB a chip) or a v6e-32 (17.42 of 32)
+(experiments/results/tpu_fit_release.md; python -m ijepa_jax.memory --config=configs/vit_l16.py --topology=...).
 """
 from ijepa_jax.defaults import base_config
 
