@@ -16,11 +16,15 @@ the default here too: smooth-L1 loss (--config.loss=l2: the paper's), cosine wei
 """
 from ijepa_jax.defaults import base_config
 
+# The encoder size and predictor depth of each 16-px-patch model the paper trains (appendix A.1);
+# configs/vit_l16.py is get_config("L").
+VARIANTS = {"B": ("vit_base", 6), "L": ("vit_large", 12)}
 
-def get_config():
+
+def get_config(variant: str = "B"):
   c = base_config()
-  c.model.name, c.model.patch_size = "vit_base", 16
-  c.model.predictor_depth = 6
+  c.model.name, c.model.predictor_depth = VARIANTS[variant]
+  c.model.patch_size = 16
   c.data.image_size = 224
   c.num_epochs, c.warmup_epochs = 600, 15
   c.optim.start_lr = 1e-4

@@ -14,23 +14,13 @@ the default here too: smooth-L1 loss (--config.loss=l2: the paper's), cosine wei
 (mask.counts=release). Smallest slices at batch 2048 with remat=dots, by the TPU compiler: a v5p-16 (65.22 of 95 GiB a chip) or a v6e-32 (17.42 of 32)
 (experiments/results/tpu_fit_release.md; python -m ijepa_jax.memory --config=configs/vit_l16.py --topology=...).
 """
-from ijepa_jax.defaults import base_config
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location("vit_b16", os.path.join(os.path.dirname(__file__), "vit_b16.py"))
+_vit_b16 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_vit_b16)
 
 
 def get_config():
-  c = base_config()
-  c.model.name, c.model.patch_size = "vit_large", 16
-  c.model.predictor_depth = 12
-  c.data.image_size = 224
-  c.num_epochs, c.warmup_epochs = 600, 15
-  c.optim.start_lr = 1e-4
-  c.dtype = "bfloat16"
-  # The release's masks (mask.counts=release) on the 14x14 grid: each per-GPU batch of reference_batch (128)
-  # images' contexts truncated to its shortest, padded to num_context. The longest truncated context in 3,000
-  # simulated batches was 67 of the 196 tokens; tokens a cap would cut are counted (context_tokens_cut).
-  c.mask.counts, c.mask.num_context = "release", 96
-  # Each global batch padded to the shortest of these context lengths holding its longest context, not always
-  # to num_context: the analytic FLOPs per image fall from ~1.4x the release's mean to <= 1.2x
-  # (experiments/results/buckets.md); one compiled step per bucket, all before step 1.
-  c.mask.context_buckets = (64, 72, 96)
-  return c
+  return _vit_b16.get_config("L")
