@@ -284,8 +284,9 @@ def test_feature_shards_resume_refuse_others_and_feed_the_low_shot_list(tmp_path
   write(tmp_path / "test", 100, base=600)
   train, test = shards.Shards(str(tmp_path / "train")), shards.Shards(str(tmp_path / "test"))
   assert train.num_shards == 5 and train.examples == 600
-  feats, labels = train.arrays()
-  _, index = train.labels()
+  feats, labels, index = train.arrays()
+  np.testing.assert_array_equal(train.labels()[1], index)
+  assert train.width == 4 and [train.count(i) for i in range(5)] == [128, 128, 128, 128, 88]
   assert sorted(index) == list(range(600)) and list(index[:5]) != [0, 1, 2, 3, 4]   # all once, shuffled
   np.testing.assert_array_equal(feats, pixels[index].astype(np.float32))
   np.testing.assert_array_equal(labels, y[index])

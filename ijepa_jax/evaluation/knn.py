@@ -41,7 +41,7 @@ def knn_streamed(train, test, k: int = 20, temperature: float = 0.07, chunk: int
   merged shard by shard), then the processes' candidates are gathered and merged. train, test:
   evaluation.shards.Shards. The test features are held in memory (float32, the queries)."""
   from jax.experimental import multihost_utils
-  test_x, test_y = test.arrays()
+  test_x, test_y, _ = test.arrays()
   test_x = test_x / (np.linalg.norm(test_x, axis=1, keepdims=True) + 1e-12)
   q_count = len(test_x)
   k = min(k, train.examples)

@@ -69,14 +69,14 @@ def train_heads(train: Shards, shard_ids, settings, num_classes: int, mean, std,
   """One linear head per (reference lr, weight decay) in `settings`, trained together on the same minibatches
   with LARS and a step-wise decay; returns their params (numpy)."""
   dp = sharding.data_parallel_size(mesh)
-  examples = sum(len(train.load_meta(int(i))[0]) for i in shard_ids)
+  examples = sum(train.count(int(i)) for i in shard_ids)
   lr_scale = batch_size / 256  # per step, at the protocol's batch (MAE's rule)
   if reference > 0:  # ImageNet's steps per epoch, with a smaller batch on a smaller split
     batch_size = min(batch_size, examples * batch_size // reference)
   batch_size = max(dp, min(batch_size, examples) // dp * dp)
   steps_per_epoch = max(1, examples // batch_size)
   boundaries = {e * steps_per_epoch: 0.1 for e in range(decay_every, epochs, decay_every)}
-  width = train.load(int(shard_ids[0]))[0].shape[1]
+  width = train.width
   mask = {"w": True, "b": False}  # no weight decay and no trust ratio on the bias
   opts = [optax.lars(optax.piecewise_constant_schedule(lr * lr_scale, boundaries), weight_decay=wd,
                      weight_decay_mask=mask, trust_ratio_mask=mask, momentum=0.9) for lr, wd in settings]
@@ -139,8 +139,7 @@ def probe(train: Shards, test: Shards, pc, mesh: Mesh, seed: int) -> dict:
   if pc.standardise:
     mean, std = statistics(train, fit_ids)
   else:
-    width = train.load(0)[0].shape[1]
-    mean, std = np.zeros(width, np.float32), np.ones(width, np.float32)
+    mean, std = np.zeros(train.width, np.float32), np.ones(train.width, np.float32)
   heads = train_heads(train, fit_ids, settings, num_classes, mean, std, **kw)
   held = accuracies(train, held_ids, heads, mean, std)
   best = int(np.argmax(held))  # of equal scores, the first setting

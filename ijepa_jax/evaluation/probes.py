@@ -91,7 +91,7 @@ def extract_features(config, encoder, trained, initial, mesh, cache_dir: str) ->
     if tag.startswith("pixels"):
       out[name] = tuple(pair)
       continue
-    width = pair[0].load(0)[0].shape[1] // min(4, encoder.depth)
+    width = pair[0].width // min(4, encoder.depth)
     out[f"{name}, last layer"] = tuple(s.select(slice(-width, None)) for s in pair)
     if encoder.depth >= 4:
       out[f"{name}, last 4 layers"] = tuple(pair)
@@ -134,7 +134,7 @@ def check_evals(evals) -> None:
 
 def fits_in_memory(train: shards.Shards, pc) -> bool:
   """Whether the train features (float32) fit in probe.in_memory_gib: the full-batch probes, else the streamed."""
-  return train.examples * train.load(0)[0].shape[1] * 4 <= float(pc.in_memory_gib) * 2**30
+  return train.examples * train.width * 4 <= float(pc.in_memory_gib) * 2**30
 
 
 def _example_names(config) -> list[str]:
@@ -178,7 +178,7 @@ def _gather(train: shards.Shards, positions: np.ndarray) -> np.ndarray:
   """Features at the given positions of the shards' order, reading one shard at a time."""
   size = int(train.manifest["shard_size"])
   order = np.argsort(positions, kind="stable")
-  out = np.empty((len(positions), train.load(0)[0].shape[1]), np.float32)
+  out = np.empty((len(positions), train.width), np.float32)
   for shard in np.unique(positions // size):
     sel = order[(positions[order] // size) == shard]
     out[sel] = train.load(int(shard))[0][positions[sel] - shard * size]
@@ -200,8 +200,7 @@ def probes(sets: dict, evals, pc, seed: int, mesh=None, tokens: dict | None = No
                         f"--config.probe.max_train.")
     arrays = None
     if small and set(evals) & {"linear", "lowshot", "knn"}:
-      (x, y), (xt, yt) = tr.arrays(), te.arrays()
-      arrays = ((x, y, tr.labels()[1]), (xt, yt))
+      arrays = (tr.arrays(), te.arrays()[:2])
     row = {}
     todo = {
         "attentive": lambda: attentive.probe(tokens[name][0], tokens[name][2], tokens[name][1], tokens[name][3],

@@ -15,6 +15,7 @@ being extracted and a few batches of images, whatever the split's size.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import sys
@@ -123,25 +124,36 @@ class Shards:
   def select(self, columns: slice) -> "Shards":
     return Shards(self.directory, columns)
 
+  def count(self, i: int) -> int:
+    """Examples in shard i (from the manifest: no read)."""
+    size = int(self.manifest["shard_size"])
+    return min(size, self.examples - i * size)
+
+  @functools.cached_property
+  def width(self) -> int:
+    """Feature columns selected (one read of shard 0, once)."""
+    return self.load(0)[0].shape[1]
+
+  def _open(self, i: int):
+    p = storage.join(self.directory, shard_name(i))
+    return np.load(io.BytesIO(storage.path(p).read_bytes()) if storage.is_remote(p) else storage.path(p))
+
   def load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(features float32 [n, width'] (the selected columns), labels int32 [n], source index int64 [n])."""
-    p = storage.join(self.directory, shard_name(i))
-    raw = storage.path(p).read_bytes() if storage.is_remote(p) else None
-    with np.load(io.BytesIO(raw) if raw is not None else storage.path(p)) as z:
+    with self._open(i) as z:
       return z["features"][:, self.columns].astype(np.float32), z["labels"], z["index"]
+
+  def load_meta(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, source index) of shard i, without its features."""
+    with self._open(i) as z:
+      return z["labels"], z["index"]
 
   def labels(self) -> tuple[np.ndarray, np.ndarray]:
     """(labels, source index) of every example, in shard order (a few bytes an example)."""
     parts = [self.load_meta(i) for i in range(self.num_shards)]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-  def load_meta(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-    p = storage.join(self.directory, shard_name(i))
-    raw = storage.path(p).read_bytes() if storage.is_remote(p) else None
-    with np.load(io.BytesIO(raw) if raw is not None else storage.path(p)) as z:
-      return z["labels"], z["index"]
-
-  def arrays(self, shards=None) -> tuple[np.ndarray, np.ndarray]:
-    """(features float32, labels) of the given shards (default: all), concatenated in shard order."""
-    parts = [self.load(i)[:2] for i in (range(self.num_shards) if shards is None else shards)]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+  def arrays(self, shards=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features float32, labels, source index) of the given shards (default: all), in shard order."""
+    parts = [self.load(i) for i in (range(self.num_shards) if shards is None else shards)]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
