@@ -67,13 +67,7 @@ def lower_step(config, devices, per_device_batch: int | None = None) -> dict:
   d = config.data
   sampler = make_sampler(config.mask, d.image_size // config.model.patch_size)
   _, abstract_state, _, step = train.build(config, mesh, sampler, total_steps=1000, warmup_steps=100)
-  b, batch_sharding = config.batch_size, sharding.batch_sharding(mesh)
-  batch = {
-      "images": jax.ShapeDtypeStruct((b, d.image_size, d.image_size, d.channels), np.uint8, sharding=batch_sharding),
-      "skipped": jax.ShapeDtypeStruct((b,), np.int32, sharding=batch_sharding),
-      **{k: jax.ShapeDtypeStruct((b, *shape), np.int32, sharding=batch_sharding)
-         for k, shape in sampler.example_shapes().items()},
-  }
+  batch = train.abstract_batch(config, sampler, mesh)   # the largest context bucket: num_context
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
     t0 = time.perf_counter()
     lowered = step.lower(abstract_state, batch)
