@@ -219,6 +219,10 @@ def restore(source, step: int, abstract_state, with_data: bool = True, part: tup
     prefix = "/".join(part) + "/"
     saved = {name: entry for name, entry in saved.items() if name.startswith(prefix)}
   wrong = mismatches(saved, abstract_state)
+  convert = None
+  if wrong and not part and _former_optimizer(saved):
+    abstract_state, convert = _from_former_optimizer(abstract_state)
+    wrong = mismatches(saved, abstract_state)
   if wrong:
     layout = ""
     if any("/blocks/" in line for line in wrong) and any("/blocks_0/" in line for line in wrong):
@@ -250,10 +254,34 @@ def restore(source, step: int, abstract_state, with_data: bool = True, part: tup
   if bad:
     raise DamagedCheckpoint(f"{len(bad)} array(s) differ from what was saved: {', '.join(bad[:5])}")
   state = restored["state"]
+  if convert:
+    state = convert(state)
   for key in part:
     state = state[key]
   data = {k: v for k, v in restored["data"].items() if k != "state"} if with_data else None
   return state, data
+
+
+# Checkpoints written before the optimizer was optax.adamw under optax.inject_hyperparams hold
+# (Adam's state, the weight decay's step counter, the lr's step counter) at opt_state/0, 1, 2.
+def _former_optimizer(saved: dict) -> bool:
+  return any(name.startswith("opt_state/0/mu/") for name in saved)
+
+
+def _from_former_optimizer(abstract_state):
+  """(the state's abstract tree in the former layout, a function former state -> today's state): Adam's
+  moments and count carried over; the lr and weight decay, set from the step before each update, start at 0."""
+  adam = abstract_state.opt_state.inner_state[0]
+  former = abstract_state.replace(opt_state=(adam, {"count": adam.count}, {"count": adam.count}))
+
+  def convert(state):
+    like = lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding)
+    today = jax.tree.map(like, abstract_state.opt_state)
+    adam_state = state.opt_state[0]
+    today = today._replace(count=jnp.copy(adam_state.count), inner_state=(adam_state, *today.inner_state[1:]))
+    return state.replace(opt_state=today)
+
+  return former, convert
 
 
 class DamagedCheckpoint(Exception):

@@ -291,7 +291,7 @@ def build_abstract(config):
   sampler = make_sampler(config.mask, config.data.image_size // config.model.patch_size)
   # Schedule lengths only shape the optimizer's functions, not its state: any positive values do.
   encoder, abstract_state, init, _ = train.build(config, mesh, sampler, total_steps=1, warmup_steps=0)
-  return encoder, abstract_state, init, optim.make_optimizer(config.optim, 1, 0)
+  return encoder, abstract_state, init, optim.make_optimizer(config.optim)
 
 
 def make_state(built, encoder, target, predictor=None):

@@ -81,7 +81,7 @@ def load(workdir: str, step: int | None = None, devices=None):
   encoder, predictor = state_lib.models(config)
   sampler = make_sampler(config.mask, config.data.image_size // config.model.patch_size)
   # Schedule lengths only shape the optimizer's functions, not its state: any positive values do.
-  init_state = state_lib.make_init(config, encoder, predictor, optim.make_optimizer(config.optim, 1, 0), sampler)
+  init_state = state_lib.make_init(config, encoder, predictor, optim.make_optimizer(config.optim), sampler)
   abstract_state, _ = state_lib.abstract(jax.eval_shape(init_state, jax.random.key(config.seed)), mesh,
                                          sharding.rules(config))
   return config, encoder, _restore(workdir, step, abstract_state)[0]

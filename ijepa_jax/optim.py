@@ -6,7 +6,7 @@ EMA momentum for step i as ema0 + i * (ema1 - ema0) / T. We keep both convention
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -67,42 +67,30 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(one, params)
 
 
-class _DecayState(NamedTuple):
-  count: jax.Array
+class Schedules(NamedTuple):
+  """The three schedules of a run, each a function of the 0-based train step."""
+  lr: Callable
+  weight_decay: Callable
+  momentum: Callable
 
 
-def _scheduled_weight_decay(schedule, mask_fn) -> optax.GradientTransformation:
-  """updates += wd(count) * params on masked leaves (decoupled, as torch's AdamW)."""
-
-  def init(params):
-    del params
-    return _DecayState(count=jnp.zeros([], jnp.int32))
-
-  def update(updates, state, params):
-    wd = schedule(state.count)
-    updates = jax.tree.map(lambda u, p, m: u + wd * p if m else u, updates, params, mask_fn(params))
-    return updates, _DecayState(count=state.count + 1)
-
-  return optax.GradientTransformation(init, update)
+def make_schedules(optim_cfg, total_steps: int, warmup_steps: int) -> Schedules:
+  return Schedules(lr_schedule(optim_cfg, total_steps, warmup_steps), wd_schedule(optim_cfg, total_steps),
+                   momentum_schedule(optim_cfg, total_steps))
 
 
-# The optimizer-state parts that only count steps for the lr and wd schedules. A skipped step (with
-# skip_nonfinite_steps) advances them with `step` and the EMA momentum, as the release's schedulers
-# advance every iteration; Adam's moments and its bias-correction count stay, as torch's GradScaler
-# skips optimizer.step().
-SCHEDULE_STATES = (_DecayState, optax.ScaleByScheduleState)
+def make_optimizer(optim_cfg) -> optax.GradientTransformation:
+  """torch.optim.AdamW as the release uses it: p -= lr * (adam(g) + wd * p), decay masked (optax.adamw).
+
+  Its lr and weight decay live in the optimizer state (optax.inject_hyperparams) and are set for each step
+  from the train step's own count by `at_step`, never from a counter of optax's: a skipped step (the whole
+  optimizer state kept) still advances every schedule, as the release's schedulers advance every iteration.
+  b1, b2 and eps stay Python floats (static): 1 - b2 of a float32 b2 = 0.999 is off by 1.3e-5."""
+  return optax.inject_hyperparams(optax.adamw, static_args=("mask", "b1", "b2", "eps"))(
+      learning_rate=0.0, weight_decay=0.0, b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps, mask=decay_mask)
 
 
-def keep_all_but_schedules(kept, advanced):
-  """The optimizer state `kept`, with the schedules' counters taken from `advanced`."""
-  is_schedule = lambda x: isinstance(x, SCHEDULE_STATES)
-  return jax.tree.map(lambda k, a: a if is_schedule(k) else k, kept, advanced, is_leaf=is_schedule)
-
-
-def make_optimizer(optim_cfg, total_steps: int, warmup_steps: int) -> optax.GradientTransformation:
-  """torch.optim.AdamW as the release uses it: p -= lr * (adam(g) + wd * p), decay masked."""
-  return optax.chain(
-      optax.scale_by_adam(b1=optim_cfg.b1, b2=optim_cfg.b2, eps=optim_cfg.eps),
-      _scheduled_weight_decay(wd_schedule(optim_cfg, total_steps), decay_mask),
-      optax.scale_by_learning_rate(lr_schedule(optim_cfg, total_steps, warmup_steps)),
-  )
+def at_step(opt_state, schedules: Schedules, step):
+  """The optimizer state with the lr and weight decay of train step `step`."""
+  return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": schedules.lr(step),
+                                         "weight_decay": schedules.weight_decay(step)})

@@ -18,7 +18,7 @@ schedule (lr, weight decay, EMA momentum) advance, as in the release (GradScaler
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -92,7 +92,7 @@ def pixel_targets(images: jax.Array, target_idx: jax.Array, patch_size: int) -> 
 
 
 def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.GradientTransformation,
-                    momentum: Callable, loss: str, mean, std, skip_nonfinite: bool = False,
+                    schedules: optim.Schedules, loss: str, mean, std, skip_nonfinite: bool = False,
                     grad_accum_steps: int = 1, target: str = "representation", patch_size: int = 0):
   """Returns train_step(state, batch) -> (state, metrics); jit it with shardings in train.py.
 
@@ -132,16 +132,16 @@ def make_train_step(encoder: nn.Module, predictor: nn.Module, tx: optax.Gradient
       zero = (jnp.zeros([], jnp.float32), jax.tree.map(jnp.zeros_like, state.params))
       value, grads = jax.tree.map(lambda x: x / k, jax.lax.scan(add, zero, micro)[0])
 
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    opt_state = optim.at_step(state.opt_state, schedules, state.step)   # this step's lr and weight decay
+    updates, opt_state = tx.update(grads, opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    m = momentum(state.step)
+    m = schedules.momentum(state.step)
     target = jax.tree.map(lambda t, p: m * t + (1.0 - m) * p, state.target, params["encoder"])
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
     new = (params, target, opt_state)
     if skip_nonfinite:
       new = jax.tree.map(lambda n, old: jnp.where(finite, n, old), new, (state.params, state.target, state.opt_state))
-      new = (*new[:2], optim.keep_all_but_schedules(new[2], opt_state))  # every schedule reads one step count
     metrics = {"loss": value, "grad_norm": grad_norm, "nonfinite": 1 - finite.astype(jnp.int32),
                "skipped_images": jnp.sum(batch["skipped"])}  # undecodable files replaced, all processes
     if "context_cut" in batch:   # mask.counts='release' with a num_context cap: context tokens it cut

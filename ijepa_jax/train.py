@@ -72,7 +72,7 @@ def build(config, mesh, sampler, total_steps: int, warmup_steps: int):
   """Models, optimizer, the abstract sharded TrainState, a born-sharded initializer and the jitted step."""
   d = config.data
   encoder, predictor = state_lib.models(config)
-  tx = optim.make_optimizer(config.optim, total_steps, warmup_steps)
+  tx = optim.make_optimizer(config.optim)
   rules = sharding.rules(config)
   init_state = state_lib.make_init(config, encoder, predictor, tx, sampler)
   rng = jax.random.key(config.seed)
@@ -80,7 +80,7 @@ def build(config, mesh, sampler, total_steps: int, warmup_steps: int):
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     init = jax.jit(lambda r: nn.unbox(init_state(r)), out_shardings=state_shardings)
 
-  step_fn = make_train_step(encoder, predictor, tx, optim.momentum_schedule(config.optim, total_steps),
+  step_fn = make_train_step(encoder, predictor, tx, optim.make_schedules(config.optim, total_steps, warmup_steps),
                             config.loss, d.mean, d.std, config.skip_nonfinite_steps, config.grad_accum_steps,
                             config.get("target", "representation"), config.model.patch_size)
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", *sampler.example_shapes())}
@@ -249,9 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.message(f"Train step compiled for {programs} batch shape(s) in {seconds:.0f} s"
                  + (f" ({hits} read from the compilation cache in {cache_dir})." if cache_dir else "."))
 
-  lr_fn = optim.lr_schedule(config.optim, total_steps, warmup_steps)
-  wd_fn = optim.wd_schedule(config.optim, total_steps)
-  mom_fn = optim.momentum_schedule(config.optim, total_steps)
+  schedules = optim.make_schedules(config.optim, total_steps, warmup_steps)
   start = int(state.step)
   stop = total_steps if config.run_steps <= 0 else min(total_steps, start + config.run_steps)
   monitor = None
@@ -284,7 +282,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             cut += sum(float(x["context_tokens_cut"]) for x in pending)
             row["context_tokens_cut"] = cut
           row.update(loss_window=float(np.mean([float(x["loss"]) for x in pending])),
-                     lr=float(lr_fn(step)), wd=float(wd_fn(step)), momentum=float(mom_fn(step)),
+                     lr=float(schedules.lr(step)), wd=float(schedules.weight_decay(step)),
+                     momentum=float(schedules.momentum(step)),
                      images_per_sec=len(pending) * config.batch_size / seconds, skipped_images=skipped,
                      nonfinite_steps=nonfinite, data_wait_ms=1e3 * data_wait / len(pending),
                      data_wait_fraction=min(data_wait / seconds, 1.0))

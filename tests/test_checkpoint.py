@@ -93,3 +93,32 @@ def test_load_checks_the_checkpoint(tmp_path):
   _silently_changed(str(tmp_path / "checkpoints" / "4"))
   with pytest.raises(ConfigError, match="is damaged.*differ from what was saved"):
     train.load(str(tmp_path))
+
+
+def test_a_checkpoint_of_the_former_optimizer_layout_resumes_exactly(tmp_path, reference):
+  """Checkpoints written when the optimizer state was (Adam's, the weight decay's counter, the lr's counter)
+  resume into today's optax.adamw state with the same losses."""
+  import shutil
+  from typing import NamedTuple
+
+  import optax
+  from etils import epath
+
+  from ijepa_jax import checkpoint
+
+  class DecayState(NamedTuple):   # the former hand-written weight decay's state
+    count: jax.Array
+
+  train.train_and_evaluate(tiny_config(run_steps=4), str(tmp_path / "a"))
+  _, _, state = train.load(str(tmp_path / "a"))
+  adam = state.opt_state.inner_state[0]
+  former = state.replace(opt_state=(adam, DecayState(state.step), optax.ScaleByScheduleState(state.step)))
+  position = checkpoint.read_data(epath.Path(tmp_path / "a" / "checkpoints" / "4" / "data"))["position"]
+  shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns("checkpoints"))
+  manager = checkpoint.make_manager(str(tmp_path / "b"), keep=2, every=4, async_save=False)
+  checkpoint.save(manager, 4, former, position, force=True)
+  checkpoint.wait(manager)
+  manager.close()
+  assert "opt_state/1/count" in checkpoint.read_data(epath.Path(tmp_path / "b" / "checkpoints" / "4" / "data"))["state"]
+  train.train_and_evaluate(tiny_config(), str(tmp_path / "b"))
+  assert [(r["step"], r["loss"]) for r in _rows(tmp_path / "b")] == [(r["step"], r["loss"]) for r in reference]

@@ -1,6 +1,7 @@
 """Schedules at chosen steps (the release's conventions), decay mask, and AdamW = torch's AdamW."""
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -51,12 +52,34 @@ def test_decay_mask_excludes_biases_and_norms_only():
 def test_adamw_matches_torch_formula():
   """One step by hand: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), decay only on matrices."""
   c = base_config().optim
-  tx = optim.make_optimizer(c, T, W)
+  tx = optim.make_optimizer(c)
   p = {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([0.5])}
   g = {"w": jnp.array([[0.1, 0.3]]), "b": jnp.array([-0.2])}
-  updates, _ = tx.update(g, tx.init(p), p)
+  updates, _ = tx.update(g, optim.at_step(tx.init(p), optim.make_schedules(c, T, W), 0), p)
   new = optax.apply_updates(p, updates)
   lr, wd = optim.lr_schedule(c, T, W)(0), optim.wd_schedule(c, T)(0)
   adam = lambda x: (x * 0.1 / 0.1) / (np.sqrt(x * x * 0.001 / 0.001) + 1e-8)  # bias-corrected first step
   np.testing.assert_allclose(new["w"], p["w"] - lr * (adam(g["w"]) + wd * p["w"]), rtol=1e-6)
   np.testing.assert_allclose(new["b"], p["b"] - lr * adam(g["b"]), rtol=1e-6)
+
+
+def test_optimizer_equals_the_chain_it_replaced_step_for_step():
+  """optax.adamw with lr and weight decay set from the step count = the former optimizer (Adam, masked
+  scheduled weight decay, scheduled lr, the schedules read from optax's counters), through warmup and decay."""
+  c = base_config().optim
+  c.start_lr, c.lr, c.final_lr = 0.01, 0.1, 0.001
+  total, warmup = 12, 4
+  s = optim.make_schedules(c, total, warmup)
+  former = optax.chain(optax.scale_by_adam(b1=c.b1, b2=c.b2, eps=c.eps),
+                       optax.add_decayed_weights(s.weight_decay, mask=optim.decay_mask),
+                       optax.scale_by_learning_rate(s.lr))
+  tx = optim.make_optimizer(c)
+  rng = np.random.default_rng(0)
+  p = q = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32), "b": jnp.asarray(rng.normal(size=4), jnp.float32)}
+  state_p, state_q = former.init(p), tx.init(q)
+  for step in range(total):
+    g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p)
+    u, state_p = former.update(g, state_p, p)
+    v, state_q = tx.update(g, optim.at_step(state_q, s, step), q)
+    p, q = optax.apply_updates(p, u), optax.apply_updates(q, v)
+    jax.tree.map(np.testing.assert_array_equal, p, q)   # bit for bit
