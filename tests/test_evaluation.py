@@ -145,6 +145,20 @@ def test_knn_finds_neighbours_and_not_noise():
   assert knn.knn(x[:500], y[:500], x[:500], y[:500], k=1)["top1"] == 1.0
 
 
+def test_probes_compile_once_for_a_sweep_and_for_new_data():
+  """The probes' programs take the data, lr and weight decay as arguments: another setting of a sweep, or
+  other data of the same shapes, compiles nothing more."""
+  from ijepa_jax.evaluation import knn
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(64, 5, 8)).astype(np.float32), rng.integers(0, 3, 64)
+  before = attentive._epoch._cache_size(), knn._predict._cache_size()
+  for lr, wd in ((1e-3, 0.0), (3e-3, 0.01)):
+    model, p = attentive.fit(x, y, 3, lr, wd, epochs=2, batch_size=16, seed=0)
+    attentive.accuracy(model, p, x, y)
+    knn.knn(x[:, 0] * lr, y, x[:32, 1], y[:32], chunk=32)
+  assert (attentive._epoch._cache_size(), knn._predict._cache_size()) == (before[0] + 1, before[1] + 1)
+
+
 def test_lowshot_uses_the_same_share_of_every_class_and_three_draws():
   rng = np.random.default_rng(0)
   x, y = _blobs(rng, 6000, spread=1.0)

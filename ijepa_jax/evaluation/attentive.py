@@ -7,6 +7,8 @@ AdamW under a cosine schedule, minibatches in one jitted scan per epoch, determi
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -36,43 +38,54 @@ def heads_for(width: int, wanted: int = 4) -> int:
   return max(h for h in range(1, wanted + 1) if width % h == 0)
 
 
+def _optimizer(lr, weight_decay, steps: int) -> optax.GradientTransformation:
+  return optax.adamw(optax.cosine_decay_schedule(lr, steps), weight_decay=weight_decay)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "steps_per_epoch", "batch_size", "epochs"))
+def _epoch(carry, epoch_key, xs, ys, lr, weight_decay, model: nn.Module, steps_per_epoch: int, batch_size: int,
+           epochs: int):
+  """One epoch of AdamW (lr cosine-decayed over all epochs) on shuffled minibatches: one program for every
+  epoch and every (lr, weight decay) of a sweep."""
+  tx = _optimizer(lr, weight_decay, epochs * steps_per_epoch)
+  order = jax.random.permutation(epoch_key, len(xs))[: steps_per_epoch * batch_size]
+
+  def loss(p, xb, yb):
+    logits = model.apply({"params": p}, xb.astype(jnp.float32))
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  def step(carry, idx):
+    p, s = carry
+    grads = jax.grad(loss)(p, xs[idx], ys[idx])
+    updates, s = tx.update(grads, s, p)
+    return (optax.apply_updates(p, updates), s), None
+
+  return jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch_size))[0]
+
+
 def fit(x: np.ndarray, y: np.ndarray, num_classes: int, lr: float, weight_decay: float, epochs: int,
         batch_size: int, seed: int, num_heads: int = 4):
   """Returns (model, params) trained on tokens x [N, T, D] with labels y."""
   model = AttentiveProbe(num_classes, heads_for(x.shape[-1], num_heads))
   batch_size = min(batch_size, len(x))
   steps_per_epoch = len(x) // batch_size
-  schedule = optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
-  tx = optax.adamw(schedule, weight_decay=weight_decay)
   key = jax.random.key(seed)
   params = model.init(key, jnp.zeros((1, *x.shape[1:]), jnp.float32))["params"]
   xs, ys = jnp.asarray(x), jnp.asarray(y, jnp.int32)
-
-  def loss(p, xb, yb):
-    logits = model.apply({"params": p}, xb.astype(jnp.float32))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-
-  @jax.jit
-  def epoch(carry, epoch_key):
-    order = jax.random.permutation(epoch_key, len(xs))[: steps_per_epoch * batch_size]
-
-    def step(carry, idx):
-      p, s = carry
-      grads = jax.grad(loss)(p, xs[idx], ys[idx])
-      updates, s = tx.update(grads, s, p)
-      return (optax.apply_updates(p, updates), s), None
-
-    return jax.lax.scan(step, carry, order.reshape(steps_per_epoch, batch_size))[0]
-
-  carry = (params, tx.init(params))
+  carry = (params, _optimizer(lr, weight_decay, epochs * steps_per_epoch).init(params))
   for k in jax.random.split(jax.random.fold_in(key, 1), epochs):
-    carry = epoch(carry, k)
+    carry = _epoch(carry, k, xs, ys, jnp.float32(lr), jnp.float32(weight_decay), model=model,
+                   steps_per_epoch=steps_per_epoch, batch_size=batch_size, epochs=epochs)
   return model, carry[0]
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def _predict(params, xb, model: nn.Module):
+  return jnp.argmax(model.apply({"params": params}, xb.astype(jnp.float32)), -1)
+
+
 def accuracy(model, params, x: np.ndarray, y: np.ndarray, batch_size: int = 1024) -> float:
-  predict = jax.jit(lambda p, xb: jnp.argmax(model.apply({"params": p}, xb.astype(jnp.float32)), -1))
-  pred = np.concatenate([np.asarray(predict(params, jnp.asarray(x[i:i + batch_size])))
+  pred = np.concatenate([np.asarray(_predict(params, jnp.asarray(x[i:i + batch_size]), model=model))
                          for i in range(0, len(x), batch_size)])
   return float(np.mean(pred == y))
 

@@ -1,6 +1,8 @@
 """Frozen-encoder features: average-pooled patch tokens, extracted in batches sharded over the mesh."""
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -30,6 +32,13 @@ def tokens(encoder: nn.Module, params, x: jax.Array, layers: str = "last") -> ja
   return jnp.concatenate([norm.apply({"params": params["norm"]}, o) for o in outs], axis=-1)
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _forward(params, x, mean: tuple, std: tuple, encoder: nn.Module, pool: str, layers: str):
+  x = normalise(x, mean, std) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+  t = tokens(encoder, params, x, layers).astype(jnp.float32)
+  return t.mean(axis=1) if pool == "mean" else t
+
+
 def extract(encoder: nn.Module, params, images: np.ndarray, mean, std, batch_size: int, mesh: Mesh,
             pool: str = "mean", layers: str = "last") -> np.ndarray:
   """images [N, S, S, C] -> float32 [N, D'] (pool='mean') or [N, tokens, D'] (pool='none').
@@ -43,12 +52,6 @@ def extract(encoder: nn.Module, params, images: np.ndarray, mean, std, batch_siz
   dp = sharding.data_parallel_size(mesh)
   batch_size = max(dp, batch_size // dp * dp)
 
-  @jax.jit
-  def forward(p, x):
-    x = normalise(x, mean, std) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-    t = tokens(encoder, p, x, layers).astype(jnp.float32)
-    return t.mean(axis=1) if pool == "mean" else t
-
   out = []
   n = len(images)
   with jax.set_mesh(mesh):
@@ -58,5 +61,5 @@ def extract(encoder: nn.Module, params, images: np.ndarray, mean, std, batch_siz
       if pad:
         chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
       x = jax.device_put(chunk, sharding.batch_sharding(mesh))
-      out.append(np.asarray(forward(params, x))[:len(chunk) - pad])
+      out.append(np.asarray(_forward(params, x, tuple(mean), tuple(std), encoder, pool, layers))[:len(chunk) - pad])
   return np.concatenate(out)
