@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -80,11 +81,9 @@ def target_features(encoder: nn.Module, target_params, images, target_idx) -> ja
 def pixel_targets(images: jax.Array, target_idx: jax.Array, patch_size: int) -> jax.Array:
   """Each target patch's pixels [B, M, Kt, p*p*C] (row, column, channel order), normalised over the patch's
   p*p*C values as MAE's norm_pix_loss: (x - mean) / sqrt(var + 1e-6), var unbiased as torch's Tensor.var."""
-  b, h, w, c = images.shape
-  p = patch_size
-  x = images.astype(jnp.float32).reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-  x = x.reshape(b, (h // p) * (w // p), p * p * c)      # tokens in the encoder's row-major order
-  _, m, k = target_idx.shape
+  p, c = patch_size, images.shape[-1]
+  x = einops.rearrange(images.astype(jnp.float32), "b (h p) (w q) c -> b (h w) (p q c)", p=p, q=p)  # row-major tokens
+  b, m, k = target_idx.shape
   x = jnp.take_along_axis(x, target_idx.reshape(b, m * k, 1), axis=1).reshape(b, m, k, p * p * c)
   mean = x.mean(-1, keepdims=True)
   var = jnp.square(x - mean).sum(-1, keepdims=True) / max(p * p * c - 1, 1)

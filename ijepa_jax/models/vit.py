@@ -20,6 +20,7 @@ import functools
 import logging
 from typing import Any
 
+import einops
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -384,12 +385,12 @@ class VisionTransformer(nn.Module):
         "VisionTransformer: expected images of shape [B, "
         f"{self.image_size}, {self.image_size}, {self.channels}], got {images.shape}"
       )
-    p, g, b = self.patch_size, self.grid, images.shape[0]
+    p = self.patch_size
     # The conv with kernel = stride = p, as an einsum over non-overlapping p x p patches (nn.Conv's kernel).
-    patches = images.reshape(b, g, p, g, p, self.channels)
+    patches = einops.rearrange(images, "b (h p) (w q) c -> b h p w q c", p=p, q=p)
     x = Linear(self.width, ("patch_h", "patch_w", "channels", "embed"), ("embed",), self.dtype,
                kernel_shape=(p, p, self.channels, self.width), name="patch_embed")(patches, "bhpwqc,pqcd->bhwd")
-    x = x.reshape(b, self.num_patches, self.width)  # row-major tokens
+    x = einops.rearrange(x, "b h w d -> b (h w) d")  # row-major tokens
     pos = sincos_pos_embed_2d(self.width, self.grid, self.grid)
     x = x + jnp.asarray(pos, jnp.float32)[None]  # fp32: the release adds its fp32 pos_embed to the bf16 conv
     if token_idx is not None:
