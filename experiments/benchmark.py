@@ -289,8 +289,8 @@ def bench_host(config, sampler, batches: int) -> dict:
     elapsed = time.perf_counter() - t0
     del it, dataset
     out.update(pipeline_rate=batches * b / elapsed, pipeline_startup_s=startup, pipeline_batches=batches,
-               pipeline_workers=int(config.data.get("num_workers", 0)),
-               pipeline_prefetch=int(config.data.get("prefetch_buffer", 2)))
+               pipeline_workers=int(config.data.num_workers),
+               pipeline_prefetch=int(config.data.prefetch_buffer))
   except ConfigError as e:  # no data here: the step and the sampler are still measured
     out.update(pipeline_error=str(e))
   return out
@@ -591,7 +591,7 @@ def main(argv):
   from ijepa_jax.models import make_models
 
   config = _CONFIG.value
-  if config.get("cpu_devices", -1) > 0:  # as main.py does, before a backend starts
+  if config.cpu_devices > 0:  # as main.py does, before a backend starts
     jax.config.update("jax_num_cpu_devices", int(config.cpu_devices))
   load_before = loadavg()
   try:
@@ -630,7 +630,7 @@ def main(argv):
     if _PRECISION_CHECK.value and ours is not None:
       fp32 = config.copy_and_resolve_references()
       fp32.dtype = "float32"
-      if fp32.model.get("attention", "xla") == "cudnn":
+      if fp32.model.attention == "cudnn":
         fp32.model.attention = "xla"   # cuDNN's fused attention has no fp32 kernel
       precision = dict(ours=ours["first_loss"], float32=first_loss(fp32, sampler))
       say(f"first step's loss: {config.dtype} {precision['ours']:.6f}, float32 {precision['float32']:.6f}")

@@ -140,9 +140,9 @@ def worker(name: str) -> None:
   config = _CONFIG.value
   slice_ = tpu_topologies.parse(name)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)), tpu_devices(slice_))
-  full = config.model.depth if config.model.get("depth", -1) > 0 else _full_depth(config)
+  full = config.model.depth if config.model.depth > 0 else _full_depth(config)
   runs = [(int(x), False) for x in _DEPTHS.value] + ([(full, False)] if _FULL.value else [])
-  runs.append((full, bool(config.model.get("scan_layers", False))))
+  runs.append((full, bool(config.model.scan_layers)))
   for depth, scan in runs:
     r = compile_forward(config, mesh, depth, scan, _PER_CHIP.value)
     print("RESULT " + json.dumps(r), flush=True)
@@ -345,7 +345,7 @@ def main(argv):
     for r in rs:
       if r["depth"] != full:
         continue
-      what = (f"{full} blocks, scanned (scan_layers=True{', the config' if config.model.get('scan_layers') else ''}"
+      what = (f"{full} blocks, scanned (scan_layers=True{', the config' if config.model.scan_layers else ''}"
               f"; cost model sees one block)" if r["scan"] else f"{full} blocks, unrolled")
       lines.append(f"| {name} | {what} | {_gib(r['argument'])} | {_gib(r['output'])} | {_gib(r['temp'])} | "
                    f"{_gib(r['generated_code'])} | {_gib(r['peak'])} | {_gib(slice_.hbm_bytes)} | "

@@ -49,7 +49,7 @@ MODES = ("fixed", "release")
 def modes() -> list[tuple[str, list[str]]]:
   """(name, --config overrides) of each variant measured."""
   out = [(m, [f"--config.mask.counts={m}", "--config.mask.num_context=-1"]) for m in MODES]
-  caps = _CAPS.value or ([str(_CONFIG.value.mask.num_context)] if _CONFIG.value.mask.get("counts") == "release"
+  caps = _CAPS.value or ([str(_CONFIG.value.mask.num_context)] if _CONFIG.value.mask.counts == "release"
                          and _CONFIG.value.mask.num_context > 0 else [])
   return out + [(f"release, num_context={c}", ["--config.mask.counts=release", f"--config.mask.num_context={c}"])
                 for c in caps]

@@ -57,7 +57,7 @@ def measure(config, rounds: int, steps: int) -> list[dict]:
   import jax
   from ijepa_jax import sharding, train
   from ijepa_jax.mask_strategies import make_sampler
-  if config.get("cpu_devices", -1) > 0:
+  if config.cpu_devices > 0:
     jax.config.update("jax_num_cpu_devices", int(config.cpu_devices))
   train.check_config(config)
   mesh = sharding.make_mesh(config.mesh)

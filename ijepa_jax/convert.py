@@ -316,7 +316,7 @@ def make_state(built, encoder, target, predictor=None):
 
 
 def _scanned(config) -> bool:
-  return bool(config.model.get("scan_layers", False))
+  return bool(config.model.scan_layers)
 
 
 def _unrolled(config):

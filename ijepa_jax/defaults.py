@@ -5,6 +5,8 @@ exist here, a `--config.some_key=...` typo is rejected by config_flags before an
 """
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 
 from ijepa_jax.models.layout import STACKED_AXIS
@@ -52,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
       crop_scale=(0.3, 1.0), crop_ratio=(3.0 / 4.0, 4.0 / 3.0),
       mean=IMAGENET_MEAN, std=IMAGENET_STD,
       num_workers=8, prefetch_buffer=4,
+      read_threads=-1,           # threads reading and decoding files; -1: min(16, CPU cores / max(1, num_workers))
       jpeg_draft=True,           # image_folder: decode a JPEG at 1/2-1/8 scale when its crop keeps >= image_size
                                  # pixels (libjpeg DCT scaling; same crop boxes); False: always the full decode
       synthetic_size=256,
@@ -146,3 +149,41 @@ def base_config() -> ml_collections.ConfigDict:
       raw_pixels_side=28,        # the raw-pixel baseline reads images resized to this side
   ))
   return c
+
+
+# What configs written by earlier versions (a workdir's config.json) meant by a key they lack, where that
+# differs from today's default; every other missing key means base_config()'s value.
+EARLIER = {"model.scan_layers": False, "model.remat": "none"}
+
+
+def complete(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A config from a file written by any version, with every key of base_config(): a missing key takes
+  EARLIER's value, else the default. Keys the file has are kept as they are, known or not."""
+  def merge(base: dict, given: dict) -> dict:
+    out = dict(base)
+    for key, value in given.items():
+      out[key] = merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+  base = base_config().to_dict()
+  for name, value in EARLIER.items():
+    section, key = name.split(".")
+    base[section][key] = value
+  return ml_collections.ConfigDict(merge(base, config.to_dict()))
+
+
+@functools.cache
+def _flat() -> dict:
+  return {f"{section}.{key}": value for section, values in base_config().to_dict().items()
+          if isinstance(values, dict) for key, value in values.items()}
+
+
+def get(section, name: str):
+  """section's value of name ('data.num_workers': section is a config's `data`), or base_config()'s when the
+  section lacks it or holds None: for code that also takes partial configs (tests, benchmarks)."""
+  key = name.split(".", 1)[1]
+  try:
+    value = section.get(key)
+  except AttributeError:  # a plain object
+    value = getattr(section, key, None)
+  return _flat()[name] if value is None else value

@@ -16,7 +16,7 @@ import json
 import jax
 import ml_collections
 
-from ijepa_jax import checkpoint, optim, sharding, storage
+from ijepa_jax import checkpoint, defaults, optim, sharding, storage
 from ijepa_jax import state as state_lib
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.mask_strategies import make_sampler
@@ -30,7 +30,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   config_file = storage.check_readable(workdir, "workdir") / "config.json"
   if not config_file.exists():
     raise ConfigError(f"{config_file} not found: point at the --workdir of an ijepa_jax run.")
-  return ml_collections.ConfigDict(json.loads(config_file.read_text()))
+  return defaults.complete(ml_collections.ConfigDict(json.loads(config_file.read_text())))
 
 
 def _prepare(workdir: str, devices):

@@ -21,7 +21,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   import jax
-  if _CONFIG.value.get("cpu_devices", -1) > 0:  # before anything starts a backend
+  if _CONFIG.value.cpu_devices > 0:  # before anything starts a backend
     jax.config.update("jax_num_cpu_devices", int(_CONFIG.value.cpu_devices))
   # Here, not at import: grain's worker processes re-import __main__.
   if _COORDINATOR.value:

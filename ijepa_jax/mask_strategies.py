@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 
+from ijepa_jax import defaults
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.masks import MultiBlockSampler, _pick
 
@@ -42,8 +43,8 @@ STRATEGIES = ("multiblock", "rasterized", "block", "random")
 
 
 def make_sampler(mask_cfg, grid: int):
-  """The sampler `mask.strategy` names (missing: multiblock, as configs written before the switch)."""
-  strategy = str(mask_cfg.get("strategy", "multiblock"))
+  """The sampler `mask.strategy` names (missing: multiblock, as in configs written before the switch)."""
+  strategy = str(defaults.get(mask_cfg, "mask.strategy"))
   if strategy == "multiblock":
     return MultiBlockSampler.from_config(mask_cfg, grid)
   if strategy not in STRATEGIES:
@@ -54,10 +55,10 @@ def make_sampler(mask_cfg, grid: int):
   if strategy == "rasterized":
     return RasterizedSampler(grid)
   if strategy == "block":
-    scale = float(mask_cfg.get("block_scale", 0.6))
+    scale = float(defaults.get(mask_cfg, "mask.block_scale"))
     return BlockSampler(grid, (scale, scale),
-                        tuple(float(v) for v in mask_cfg.get("block_aspect", (0.75, 1.5)))).checked()
-  return RandomSampler(grid, float(mask_cfg.get("random_ratio", 0.6))).checked()
+                        tuple(float(v) for v in defaults.get(mask_cfg, "mask.block_aspect"))).checked()
+  return RandomSampler(grid, float(defaults.get(mask_cfg, "mask.random_ratio"))).checked()
 
 
 @dataclasses.dataclass(frozen=True)

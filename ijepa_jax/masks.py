@@ -46,6 +46,7 @@ import math
 
 import numpy as np
 
+from ijepa_jax import defaults
 from ijepa_jax.errors import ConfigError
 
 MODES = ("release", "uniform")
@@ -84,10 +85,10 @@ class MultiBlockSampler:
         context_aspect=tuple(float(v) for v in mask_cfg.context_aspect),
         min_keep=int(mask_cfg.min_keep),
         mode=str(mask_cfg.mode),
-        num_context=int(mask_cfg.get("num_context", -1)),
-        reference_batch=int(mask_cfg.get("reference_batch", 128)),
-        counts=str(mask_cfg.get("counts", "fixed")),
-        shard_size=int(mask_cfg.get("reference_batch", 128)),
+        num_context=int(defaults.get(mask_cfg, "mask.num_context")),
+        reference_batch=int(defaults.get(mask_cfg, "mask.reference_batch")),
+        counts=str(defaults.get(mask_cfg, "mask.counts")),
+        shard_size=int(defaults.get(mask_cfg, "mask.reference_batch")),
     )
     return sampler.resolved()
 

@@ -33,7 +33,7 @@ def lr_schedule(optim_cfg, total_steps: int, warmup_steps: int):
 def wd_schedule(optim_cfg, total_steps: int):
   """Weight decay weight_decay -> final_weight_decay: cosine (release) or linear (paper)."""
   ref, final = optim_cfg.weight_decay, optim_cfg.final_weight_decay
-  kind = optim_cfg.get("wd_schedule", "cosine")
+  kind = optim_cfg.wd_schedule
   if kind not in ("cosine", "linear"):
     raise ConfigError(f"optim.wd_schedule={kind!r}: use 'cosine' (release) or 'linear' (paper).")
 

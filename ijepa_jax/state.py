@@ -22,7 +22,7 @@ def models(config):
   """(encoder, predictor) of the config: the encoder module serves as the context and the target encoder.
   With config.target='pixels' the predictor projects to a patch's pixels (patch_size^2 x channels)."""
   d = config.data
-  pixels = config.get("target", "representation") == "pixels"
+  pixels = config.target == "pixels"
   out = config.model.patch_size ** 2 * d.channels if pixels else None
   return make_models(config.model, d.image_size, d.channels, DTYPES[config.dtype], predictor_out=out)
 

@@ -33,7 +33,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f"set --config.data.image_size to a multiple of {m.patch_size}.")
   if config.loss not in LOSSES:
     raise ConfigError(f"loss={config.loss!r}: use --config.loss=smooth_l1 (release) or l2 (paper).")
-  if config.get("target", "representation") not in TARGETS:
+  if config.target not in TARGETS:
     raise ConfigError(f"target={config.target!r} is not one of {TARGETS}: use --config.target=representation "
                       "(I-JEPA) or pixels (the paper's ablation: MAE-style normalised patch pixels).")
   if config.dtype not in DTYPES:
@@ -82,7 +82,7 @@ def build(config, mesh, sampler, total_steps: int, warmup_steps: int):
 
   step_fn = make_train_step(encoder, predictor, tx, optim.make_schedules(config.optim, total_steps, warmup_steps),
                             config.loss, d.mean, d.std, config.skip_nonfinite_steps, config.grad_accum_steps,
-                            config.get("target", "representation"), config.model.patch_size)
+                            config.target, config.model.patch_size)
   batch_shardings = {k: sharding.batch_sharding(mesh) for k in ("images", "skipped", *sampler.example_shapes())}
   traces = []
 
@@ -119,7 +119,7 @@ def use_compilation_cache(config, workdir: str) -> str | None:
   path, gs:// allowed; '': off) for programs that took >= 1 s to compile: a restarted run reads its train step
   back instead of compiling it. Returns the folder."""
   from jax.experimental.compilation_cache import compilation_cache
-  where = str(config.get("compilation_cache", "workdir"))
+  where = str(config.compilation_cache)
   if not where:
     return None
   path = storage.join(workdir, "compilation_cache") if where == "workdir" else where
@@ -183,7 +183,7 @@ def check_data_order(config, item: dict, num_examples: int, step: int) -> None:
     differ, why = True, "it was written by an older version whose data order depended on the process count"
   else:                        # an imported checkpoint (ijepa_jax.convert): no data position yet
     differ = []
-  if differ and not config.data.get("accept_new_order", False):
+  if differ and not config.data.accept_new_order:
     raise ConfigError(
         f"the checkpoint at step {step} was written with another data order ({why}): resuming would not see "
         f"the batches the run would have seen. Resume with the checkpoint's values, or accept a new data order "
@@ -256,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.probe.monitor_every > 0 and jax.process_count() == 1:
     monitor = Monitor(config, encoder, mesh)
   timer = metrics.Timer()
-  input_bound = metrics.InputBoundWarning(config.data.get("num_workers", 0))
+  input_bound = metrics.InputBoundWarning(config.data.num_workers)
   pending, skipped, nonfinite, data_wait, cut = [], 0.0, 0, 0.0, 0.0
   try:
     with preemption.StopRequest(every=config.log_every) as stop_request:

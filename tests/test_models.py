@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from ijepa_jax.defaults import base_config
 from ijepa_jax.errors import ConfigError
 from ijepa_jax.models import (
   VIT_SIZES,
@@ -23,6 +24,11 @@ from ijepa_jax.models import (
 IMG, PATCH, C, D = 16, 4, 3, 32
 GRID = IMG // PATCH
 N = GRID * GRID
+
+
+def model_config(**overrides) -> ConfigDict:
+  """defaults.py's `model` with these keys changed (any type: remat=True is an older config's form)."""
+  return ConfigDict({**base_config().model.to_dict(), **overrides})
 
 
 def _encoder(**kw):
@@ -401,12 +407,12 @@ def test_attention_cudnn_path_equals_the_einsums(images, caplog):
 
 def test_attention_setting_is_checked():
   base = dict(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4)
-  enc, pred = make_models(ConfigDict(dict(base, attention="cudnn")), 16, 3, jnp.bfloat16)
+  enc, pred = make_models(model_config(**base, attention="cudnn"), 16, 3, jnp.bfloat16)
   assert enc.attention == pred.attention == "cudnn"
   with pytest.raises(ConfigError, match="model.attention='flash' is not one of"):
-    make_models(ConfigDict(dict(base, attention="flash")), 16, 3, jnp.bfloat16)
+    make_models(model_config(**base, attention="flash"), 16, 3, jnp.bfloat16)
   with pytest.raises(ConfigError, match="needs --config.dtype=bfloat16"):
-    make_models(ConfigDict(dict(base, attention="cudnn")), 16, 3, jnp.float32)
+    make_models(model_config(**base, attention="cudnn"), 16, 3, jnp.float32)
 
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
@@ -428,7 +434,7 @@ def _count(tree):
 
 
 def test_vit_huge_param_count():
-  enc, pred = make_models(ConfigDict(dict(name="vit_huge", patch_size=14)), 224, 3, jnp.float32)
+  enc, pred = make_models(model_config(name="vit_huge", patch_size=14), 224, 3, jnp.float32)
   shapes = jax.eval_shape(enc.init, jax.random.key(0), jnp.zeros((1, 224, 224, 3)))
   # ViT-H/14 encoder: 630,434,560 params (the release also stores its fixed
   # pos_embed [1, 256, 1280] as a non-trained parameter: +327,680).
@@ -448,8 +454,8 @@ def test_vit_sizes_table():
 
 
 def test_make_models_overrides():
-  cfg = ConfigDict(dict(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4, mlp_dim=-1,
-              predictor_width=16, predictor_depth=1, predictor_heads=-1, remat=True))
+  cfg = model_config(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4, mlp_dim=-1,
+                     predictor_width=16, predictor_depth=1, predictor_heads=-1, remat=True)
   enc, pred = make_models(cfg, 16, 3, jnp.bfloat16)
   assert (enc.width, enc.depth, enc.num_heads, enc.mlp_dim, enc.remat) == (32, 1, 4, 768, "full")  # old bool form
   assert pred.remat == "full"
@@ -471,16 +477,16 @@ def test_make_models_errors(overrides, match):
   cfg = dict(name="vit_small", patch_size=16)
   cfg.update(overrides)
   with pytest.raises(ValueError, match=match):
-    make_models(ConfigDict(cfg), 224, 3, jnp.float32)
+    make_models(model_config(**cfg), 224, 3, jnp.float32)
 
 
 def test_remat_policy_names():
   base = dict(name="vit_tiny", patch_size=4, width=32, depth=1, num_heads=4)
   for given, policy in [("dots", "dots"), (False, "none"), ("none", "none"), ("True", "full")]:
-    enc, pred = make_models(ConfigDict(dict(base, remat=given)), 16, 3, jnp.float32)
+    enc, pred = make_models(model_config(**base, remat=given), 16, 3, jnp.float32)
     assert enc.remat == pred.remat == policy
   with pytest.raises(ConfigError, match="model.remat='everything' is not one of"):
-    make_models(ConfigDict(dict(base, remat="everything")), 16, 3, jnp.float32)
+    make_models(model_config(**base, remat="everything"), 16, 3, jnp.float32)
 
 
 def test_layer_norm_variance_is_the_direct_form():

@@ -366,27 +366,21 @@ def test_pixel_targets_are_each_patchs_pixels_normalised_as_mae():
         np.testing.assert_allclose(got[i, j, k], want, rtol=1e-5, atol=1e-5)
 
 
-def test_the_default_switches_are_bit_identical_to_a_config_without_them():
-  """mask.strategy=multiblock and target=representation, written out or absent (a config from before the
-  switches): the same masks, the same loss and the same weights after two steps, bit for bit."""
+def test_a_config_file_of_an_earlier_version_is_completed_from_the_defaults():
+  """A workdir's config.json without keys added since (mask.strategy, target, model.scan_layers, model.remat):
+  what that version did without them (defaults.EARLIER: unrolled blocks, no remat), else today's defaults;
+  so a config from before the switches is today's config with the switches written out."""
   import ml_collections
-  from ijepa_jax.mask_strategies import make_sampler
+  from ijepa_jax import defaults
   explicit = tiny_config(target="representation", **{"mask.strategy": "multiblock"})
-  bare = ml_collections.ConfigDict(tiny_config().to_dict())
-  del bare["target"], bare.mask["strategy"]
-  results = []
-  for c in (explicit, bare):
-    mesh = sharding.make_mesh(c.mesh, jax.devices()[:1])
-    sampler = make_sampler(c.mask, c.data.image_size // c.model.patch_size)
-    assert isinstance(sampler, MultiBlockSampler)
-    _, _, init, step = train.build(c, mesh, sampler, 12, 3)
-    state, losses = init(), []
-    for seed in (0, 1):
-      state, m = train.run_step(step, mesh, c, state, _one_batch(c, sampler, seed))
-      losses.append(float(m["loss"]))
-    results.append((losses, jax.tree.map(np.asarray, (state.params, state.target))))
-  assert results[0][0] == results[1][0]
-  jax.tree.map(np.testing.assert_array_equal, results[0][1], results[1][1])
+  bare = explicit.to_dict()
+  del bare["target"], bare["mask"]["strategy"], bare["model"]["scan_layers"], bare["model"]["remat"]
+  bare["model"]["retired_key"] = 1       # a key no longer read stays as it was
+  done = defaults.complete(ml_collections.ConfigDict(bare))
+  assert (done.model.scan_layers, done.model.remat, done.model.retired_key) == (False, "none", 1)
+  del done.model["retired_key"]
+  done.model.scan_layers, done.model.remat = explicit.model.scan_layers, explicit.model.remat
+  assert done.to_dict() == explicit.to_dict()
 
 
 def test_an_unknown_target_is_a_config_error(tmp_path):

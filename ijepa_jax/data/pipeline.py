@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import grain
 import numpy as np
 
+from ijepa_jax import defaults
 from ijepa_jax.data.sources import (ArraySource, EncodedImages, _channels, _data_get, _image_size, _pair, _to_channels,
                                     make_source)
 from ijepa_jax.data.transforms import (_resize_boxes, _resize_full_batched, _sample_crop_boxes, center_resize,
@@ -178,7 +179,7 @@ def mask_group_size(mask_fn, batch_size: int) -> int:
 def context_buckets(mask_cfg, mask_fn) -> tuple[int, ...]:
   """The context lengths a global batch may be padded to (mask.context_buckets, ascending, the sampler's
   num_context last), or () for the one padded shape. Only the release's counts vary the context length."""
-  buckets = tuple(sorted({int(b) for b in (mask_cfg.get("context_buckets", ()) or ())}))
+  buckets = tuple(sorted({int(b) for b in (defaults.get(mask_cfg, "mask.context_buckets") or ())}))
   if not buckets:
     return ()
   longest = int(getattr(mask_fn, "num_context", 0))
@@ -258,13 +259,13 @@ def make_pretrain_dataset(config, mask_fn: MaskFn, rows: np.ndarray | None = Non
   if len(rows) == 0 or rows.min() < 0 or rows.max() >= batch_size:
     raise ValueError(f"rows must be non-empty global rows of a batch of {batch_size}")
   size, channels = _image_size(config), _channels(config)
-  scale = _pair(config, "crop_scale", (0.3, 1.0))
-  ratio = _pair(config, "crop_ratio", (3 / 4, 4 / 3))
-  num_workers = int(_data_get(config, "num_workers", 0))
-  prefetch = max(1, int(_data_get(config, "prefetch_buffer", 2)))
+  scale = _pair(config, "crop_scale")
+  ratio = _pair(config, "crop_ratio")
+  num_workers = int(_data_get(config, "num_workers"))
+  prefetch = max(1, int(_data_get(config, "prefetch_buffer")))
   seed = int(config.seed) % 2**32
   group = mask_group_size(mask_fn, batch_size)
-  source = make_source(config, str(_data_get(config, "split", "train"))) if source is None else source
+  source = make_source(config, str(_data_get(config, "split"))) if source is None else source
   if len(source) == 0:
     raise ConfigError(f"{source} is empty: check --config.data.path / --config.data.split.")
   order = GlobalOrder(len(source), batch_size, seed)
@@ -277,7 +278,7 @@ def make_pretrain_dataset(config, mask_fn: MaskFn, rows: np.ndarray | None = Non
   else:
     # Rows travel alone; the map opens each file (image folders: decoding only what the crop needs).
     if isinstance(source, EncodedImages):
-      crop = _DecodeCropExample(source, size, scale, ratio, channels, bool(_data_get(config, "jpeg_draft", True)),
+      crop = _DecodeCropExample(source, size, scale, ratio, channels, bool(_data_get(config, "jpeg_draft")),
                                 seed)
     else:
       crop = _CropExample(source, size, scale, ratio, channels, seed)
@@ -285,7 +286,8 @@ def make_pretrain_dataset(config, mask_fn: MaskFn, rows: np.ndarray | None = Non
     default_threads = max(1, min(16, (os.cpu_count() or 1) // max(1, num_workers)))
   buckets = context_buckets(config.mask, mask_fn) if hasattr(config, "mask") else ()
   ds = ds.map(_AddMasks(mask_fn, group, rows, seed, buckets, batch_size))
-  threads = max(1, int(_data_get(config, "read_threads", default_threads)))
+  threads = int(_data_get(config, "read_threads"))
+  threads = default_threads if threads <= 0 else threads
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(prefetch, threads)))
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ijepa_jax import storage
+from ijepa_jax import defaults, storage
 from ijepa_jax.data.transforms import _as_array, _draft_factor, _sample_crop_box
 from ijepa_jax.errors import ConfigError
 
@@ -36,31 +36,27 @@ _IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned byte, 1 dimension
 
 
 # ---------------------------------------------------------------------------------------------- config
-def _data_get(config, name: str, default=None):
-  data = config.data
-  try:
-    value = data.get(name, default)
-  except AttributeError:  # a plain object
-    value = getattr(data, name, default)
-  return default if value is None else value
+def _data_get(config, name: str):
+  """config.data's `name`, or defaults.py's value where a partial config (tests, benchmarks) lacks it."""
+  return defaults.get(config.data, f"data.{name}")
 
 
 def _channels(config) -> int:
-  c = int(_data_get(config, "channels", 3))
+  c = int(_data_get(config, "channels"))
   if c not in (1, 3):
     raise ConfigError(f"data.channels={c} is not supported: set --config.data.channels=1 or 3.")
   return c
 
 
 def _image_size(config) -> int:
-  s = int(_data_get(config, "image_size", 224))
+  s = int(_data_get(config, "image_size"))
   if s <= 0:
     raise ConfigError(f"data.image_size={s} must be positive: set --config.data.image_size=224 (for example).")
   return s
 
 
-def _pair(config, name: str, default: tuple[float, float]) -> tuple[float, float]:
-  value = tuple(float(v) for v in _data_get(config, name, default))
+def _pair(config, name: str) -> tuple[float, float]:
+  value = tuple(float(v) for v in _data_get(config, name))
   if len(value) != 2 or not (0 < value[0] <= value[1]):
     raise ConfigError(f"data.{name}={value} must be two numbers 0 < lo <= hi: set --config.data.{name}=...")
   return value
@@ -530,29 +526,29 @@ class TfdsSource:
 
 def make_source(config, split: str):
   """The random-access source of `split` for config.data.source."""
-  source = str(_data_get(config, "source", ""))
+  source = str(_data_get(config, "source"))
   channels = _channels(config)
   if source == "fashion_mnist":
-    return FashionMnistSource(str(_data_get(config, "path", DEFAULT_FASHION_MNIST_PATH)), split)
+    return FashionMnistSource(str(getattr(config.data, "path", None) or DEFAULT_FASHION_MNIST_PATH), split)
   if source == "image_folder":
-    path = _data_get(config, "path", "")
+    path = _data_get(config, "path")
     if not path:
       raise ConfigError(f"data.path is empty: set {_IMAGE_FOLDER_HINT}.")
     return ImageFolder(str(path), split, channels)
   if source == "records":
-    path = _data_get(config, "path", "")
+    path = _data_get(config, "path")
     if not path:
       raise ConfigError("data.path is empty: set --config.data.path to the --out of python -m ijepa_jax.prepare.")
     return RecordShards(str(path), split, channels)
   if source == "tfds":
-    name = _data_get(config, "tfds_name", "")
+    name = _data_get(config, "tfds_name")
     if not name:
       raise ConfigError("data.tfds_name is empty: set --config.data.tfds_name=imagenet2012 (for example) "
                         "and --config.data.tfds_data_dir=...")
-    return TfdsSource(str(name), split, _data_get(config, "tfds_data_dir", None), channels)
+    return TfdsSource(str(name), split, _data_get(config, "tfds_data_dir"), channels)
   if source == "synthetic":
-    return SyntheticSource(int(_data_get(config, "synthetic_size", 256)), _image_size(config), channels,
-                           seed=int(getattr(config, "seed", 0)) + (0 if split == _data_get(config, "split", "train")
+    return SyntheticSource(int(_data_get(config, "synthetic_size")), _image_size(config), channels,
+                           seed=int(getattr(config, "seed", 0)) + (0 if split == _data_get(config, "split")
                                                                     else 1))
   raise ConfigError(f"data.source={source!r} is not one of {SOURCES}: set --config.data.source=fashion_mnist "
                     f"(or image_folder, records, tfds, synthetic).")

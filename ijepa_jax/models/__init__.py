@@ -16,7 +16,7 @@ __all__ = ["VisionTransformer", "Predictor", "VIT_SIZES", "sincos_pos_embed_2d",
 
 
 def _override(model_cfg, key: str, default: int) -> int:
-  value = model_cfg.get(key, -1)
+  value = model_cfg[key]
   if value is None or value == -1:
     return int(default)
   return int(value)
@@ -25,15 +25,15 @@ def _override(model_cfg, key: str, default: int) -> int:
 def make_models(model_cfg, image_size: int, channels: int, dtype: Any, predictor_out: int | None = None):
   """Build (encoder, predictor) from a `model` ConfigDict.
 
-  Keys: name (VIT_SIZES key), patch_size, optional width / depth / num_heads /
-  mlp_dim overrides (-1 or missing = from VIT_SIZES), predictor_width (384),
-  predictor_depth (12), predictor_heads (-1 = encoder heads), remat (a REMAT_POLICIES key;
-  True / False, as older configs have it, mean 'full' / 'none'), attention ('xla' | 'cudnn'),
-  scan_layers (the blocks under one nn.scan, see vit.run_blocks; False where older configs lack it).
+  Keys (all of defaults.py's `model`; a file of an earlier version through defaults.complete): name (VIT_SIZES
+  key), patch_size, width / depth / num_heads / mlp_dim overrides (-1 = from VIT_SIZES), predictor_width,
+  predictor_depth, predictor_heads (-1 = encoder heads), remat (a REMAT_POLICIES key; True / False, as older
+  configs have it, mean 'full' / 'none'), attention ('xla' | 'cudnn'), scan_layers (the blocks under one
+  nn.scan, see vit.run_blocks).
   The encoder is used for both the context and the target encoder. predictor_out: the predictor's
   output width (None: the encoder's width; patch_size^2 x channels for pixel targets).
   """
-  name = model_cfg.get("name", None)
+  name = model_cfg.name
   if name not in VIT_SIZES:
     raise ConfigError(
       f"model.name={name!r} is not a known ViT size; valid names: {sorted(VIT_SIZES)}"
@@ -43,13 +43,13 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any, predictor
   depth = _override(model_cfg, "depth", size["depth"])
   num_heads = _override(model_cfg, "num_heads", size["num_heads"])
   mlp_dim = _override(model_cfg, "mlp_dim", size["mlp_dim"])
-  patch_size = int(model_cfg.get("patch_size", 16))
-  remat = model_cfg.get("remat", "none")
+  patch_size = int(model_cfg.patch_size)
+  remat = model_cfg.remat
   remat = {"true": "full", "false": "none"}.get(str(remat).lower(), str(remat))  # older configs: a bool
   if remat not in REMAT_POLICIES:
     raise ConfigError(f"model.remat={remat!r} is not one of {sorted(REMAT_POLICIES)}: set e.g. "
                       f"--config.model.remat=full (least memory) or none (fastest).")
-  attention = model_cfg.get("attention", "xla")
+  attention = model_cfg.attention
   if attention not in ATTENTION:
     raise ConfigError(f"model.attention={attention!r} is not one of {list(ATTENTION)}: xla (einsums, any "
                       "backend) or cudnn (fused attention on NVIDIA GPUs).")
@@ -57,7 +57,7 @@ def make_models(model_cfg, image_size: int, channels: int, dtype: Any, predictor
     raise ConfigError("model.attention=cudnn needs --config.dtype=bfloat16 (cuDNN's fused attention has no "
                       "fp32 kernel); use model.attention=xla for float32.")
 
-  scan_layers = model_cfg.get("scan_layers", False)
+  scan_layers = model_cfg.scan_layers
   if not isinstance(scan_layers, bool):
     raise ConfigError(f"model.scan_layers={scan_layers!r} must be True or False.")
 
