@@ -1,12 +1,26 @@
 """Shared test set-up: a tiny version of the demo config, and absl flags marked parsed for grain."""
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 from absl import flags
 
-import ijepa_jax  # noqa: F401  before any test imports jax: on a machine without a TPU it asks for the CPU
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# One persistent compilation cache for the session, in this process and every subprocess (they inherit the
+# environment; runs get it as config.compilation_cache): the same tiny programs, compiled by dozens of tests
+# in fresh processes, are compiled once. IJEPA_TEST_COMPILATION_CACHE=DIR keeps one across sessions.
+COMPILATION_CACHE = os.environ.get("IJEPA_TEST_COMPILATION_CACHE") or tempfile.mkdtemp(prefix="ijepa_jax_cache_")
+if "IJEPA_TEST_COMPILATION_CACHE" not in os.environ:
+  os.environ["IJEPA_TEST_COMPILATION_CACHE"] = COMPILATION_CACHE
+  atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = COMPILATION_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import ijepa_jax  # noqa: E402,F401  before any test imports jax: on a machine without a TPU it asks for the CPU
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -42,6 +56,7 @@ def tiny_config(**overrides):
   c.checkpoint_every = 4
   c.probe.enabled = False
   c.probe.monitor_every = 0   # tests of the monitor turn it on
+  c.compilation_cache = COMPILATION_CACHE
   for key, value in overrides.items():
     target = c
     *path, last = key.split(".")
@@ -57,7 +72,7 @@ TINY_CLI = ["batch_size=16", "warmup_steps=1", "data.image_size=16", "model.patc
             "model.depth=1", "model.num_heads=2", "model.mlp_dim=64", "model.predictor_width=16",
             "model.predictor_depth=1", "model.predictor_heads=2", "mask.reference_batch=16", "log_every=1",
             "checkpoint_every=2", "cpu_devices=1", "write_plots=False", "probe.max_train=300",
-            "probe.weight_decays=(0.01,)", "probe.lowshot_seeds=(0,)"]
+            "probe.weight_decays=(0.01,)", "probe.lowshot_seeds=(0,)", f"compilation_cache={COMPILATION_CACHE}"]
 
 
 # --------------------------------------------------------------------------------- Cloud Storage, on loopback

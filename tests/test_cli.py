@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from conftest import REPO
+from conftest import COMPILATION_CACHE, REPO
 
 TINY = ["--config.batch_size=16", "--config.total_steps=4", "--config.warmup_steps=1",
         "--config.data.image_size=16", "--config.model.patch_size=2", "--config.model.width=32",
@@ -15,7 +15,8 @@ TINY = ["--config.batch_size=16", "--config.total_steps=4", "--config.warmup_ste
         "--config.model.predictor_width=16", "--config.model.predictor_depth=1",
         "--config.model.predictor_heads=2", "--config.mask.reference_batch=16",
         "--config.log_every=2", "--config.checkpoint_every=2", "--config.probe.max_train=600",
-        "--config.probe.weight_decays=(0.0,0.01)", "--config.probe.monitor_every=0"]
+        "--config.probe.weight_decays=(0.0,0.01)", "--config.probe.monitor_every=0",
+        "--config.write_plots=False", f"--config.compilation_cache={COMPILATION_CACHE}"]
 
 
 def _main(*args, timeout=600):
