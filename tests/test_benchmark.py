@@ -88,24 +88,6 @@ def _vit_h14_flops() -> float:
   return float(config_flops(c, sampler.num_context, sampler.num_targets, sampler.num_target)["total"])
 
 
-def test_scan_step_time_times_every_variant(tmp_path):
-  """experiments/scan_step_time.py: the four (scan_layers, remat) variants built, run and tabled."""
-  out = tmp_path / "scan.md"
-  args = [a for a in TINY if not a.startswith("--config.model.depth")] + ["--config.model.depth=2"]
-  proc = subprocess.run([sys.executable, "experiments/scan_step_time.py", *args, "--rounds=1", "--steps=1",
-                         f"--out={out}"], capture_output=True, text=True, cwd=REPO, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  text = out.read_text()
-  rows = re.findall(r"^\| (True|False) \| (\w+) \| ([\d.]+) s \| ([\d.]+) ms \([\d.]+\) \| ([\d.]+)x \| ([\d.]+) \|$",
-                    text, re.MULTILINE)
-  assert [(scan, remat) for scan, remat, *_ in rows] == [("False", "none"), ("True", "dots"), ("True", "none"),
-                                                          ("False", "dots")], text
-  assert rows[0][4] == "1.000" and all(float(r[3]) > 0 and float(r[5]) > 0 for r in rows)
-  # The two layouts of one remat policy start from different draws but the same loss scale.
-  assert abs(float(rows[0][5]) - float(rows[2][5])) < 0.1 * float(rows[0][5])
-  assert "--rounds=1" in text                       # the exact command is recorded
-
-
 def test_data_sources_benchmark_writes_results(tmp_path):
   """experiments/data_sources.py on a few JPEGs: every source (folder / records, local / the emulator with
   latency) gets its row of positive rates, and the listing estimate and exact command land in the file."""
