@@ -71,10 +71,10 @@ def run_variant(name: str, root: str, config: str, steps: int, extra: list[str])
   seconds = time.time() - start
   print(f"[{name}] finished in {seconds:.0f} s", flush=True)
   sys.path.insert(0, os.path.join(REPO, "experiments"))
-  import release_parity   # its machine() line
+  import record
   with open(os.path.join(workdir, RUN_RECORD), "w") as f:   # pretraining + probes of this invocation
     json.dump({"seconds": round(seconds), "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-               "machine": release_parity.machine()}, f)
+               "machine": record.machine()}, f)
   return workdir
 
 

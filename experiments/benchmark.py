@@ -30,13 +30,14 @@ import dataclasses
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+import record   # experiments/ (this script's folder, first on sys.path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "experiments", "results", "benchmarks.md")
@@ -410,26 +411,6 @@ def bench_release(config, sampler, reference: str, steps: int, warmup: int, thre
 
 
 # ============================================================================ report
-def machine() -> str:
-  import release_parity as rp
-  return rp.machine()
-
-
-def loadavg() -> str:
-  try:
-    with open("/proc/loadavg") as f:
-      return " ".join(f.read().split()[:3])
-  except OSError:
-    return "?"
-
-
-def utc_date() -> str:
-  try:
-    return subprocess.run(["date", "-u"], capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
-
-
 def markdown(r: dict) -> str:
   c, ours, flops = r["config"], r["ours"], r["flops"]
   b = c.batch_size
@@ -593,7 +574,7 @@ def main(argv):
   config = _CONFIG.value
   if config.cpu_devices > 0:  # as main.py does, before a backend starts
     jax.config.update("jax_num_cpu_devices", int(config.cpu_devices))
-  load_before = loadavg()
+  load_before = record.loadavg()
   try:
     train.check_config(config)
     grid = config.data.image_size // config.model.patch_size
@@ -662,9 +643,9 @@ def main(argv):
   versions = f"jax {jax.__version__}, flax {flax.__version__}, numpy {np.__version__}, "
   versions += f"torch {torch_version}, " if torch_version else "torch not used, "
   versions += f"Python {platform.python_version()}"
-  result = dict(config=config, config_path=config_flags.get_config_filename(flags.FLAGS["config"]), date=utc_date(), machine=machine(),
+  result = dict(config=config, config_path=config_flags.get_config_filename(flags.FLAGS["config"]), date=record.utc_date(), machine=record.machine(),
                 versions=versions, command=shlex.join(["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
-                note=_NOTE.value, load_before=load_before, load_after=loadavg(), grid=grid,
+                note=_NOTE.value, load_before=load_before, load_after=record.loadavg(), grid=grid,
                 enc=f"{enc.width}x{enc.depth} ({enc.num_heads} heads, MLP {enc.mlp_dim})",
                 pred=f"{pred.width}x{pred.depth} ({pred.num_heads} heads, MLP {pred.mlp_dim or 4 * pred.width})",
                 num_context=sampler.num_context, num_targets=sampler.num_targets, num_target=sampler.num_target,

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
   from absl import flags
   flags.FLAGS.mark_as_parsed()
   import input_pipeline as ip
-  import release_parity as rp
+  import record
   from ijepa_jax import prepare
   root, stats = ip.make_files(args.cache, args.images)
   records = os.path.join(args.cache, f"records_n{args.images}_{args.records_per_shard}")
@@ -148,16 +148,13 @@ def main(argv=None) -> int:
   settings = {"image folder, local": ("image_folder", root), "records, local": ("records", records),
               f"image folder, gs:// ({args.latency_ms:g} ms)": ("image_folder", f"{remote}/images"),
               f"records, gs:// ({args.latency_ms:g} ms)": ("records", f"{remote}/records")}
-  results = {name: [] for name in settings}
-  for r in range(args.rounds):
-    for name, (source, path) in settings.items():
-      results[name].append(measure(source, path, args.threads, args.batch, args.batches))
-      print(f"round {r}: {name}: {results[name][-1]}", flush=True)
-
-  med = {name: {k: float(np.median([x[k] for x in rows])) for k in rows[0]} for name, rows in results.items()}
+  results = record.interleaved(settings, lambda source, path: measure(source, path, args.threads, args.batch,
+                                                                      args.batches), args.rounds,
+                               lambda line: print(line, flush=True))
+  med = record.medians(results)
   lines = [f"\n## {datetime.date.today()}: {args.images} images, {args.threads} threads, "
            f"{args.latency_ms:g} ms a request\n",
-           f"Machine: {rp.machine()}; files: mean {stats['mean_w']:.0f}x{stats['mean_h']:.0f} px, "
+           f"Machine: {record.machine()}; files: mean {stats['mean_w']:.0f}x{stats['mean_h']:.0f} px, "
            f"{stats['mean_kb']:.0f} kB; records: {args.records_per_shard} a shard. Median of {args.rounds} "
            f"interleaved rounds.\n",
            "| source | open (s) | open per image (ms) | fetch images/s, first pass | fetch images/s | "

@@ -333,15 +333,14 @@ def report(args, stats, ours, ours_full, release, tv_version, dec, load_before) 
   import grain
   import jax
   import PIL
-  sys.path.insert(0, os.path.join(REPO, "experiments"))
-  import benchmark as bm
+  import record
   versions = (f"jax {jax.__version__}, grain {getattr(grain, '__version__', '?')}, Pillow {PIL.__version__}, "
               f"numpy {np.__version__}, Python {platform.python_version()}")
   if release:
     import torch
     versions += f", torch {torch.__version__}, torchvision {tv_version}"
-  lines = [f"## {bm.utc_date()}: {stats['n']} JPEGs, batch {args.batch}, {IMAGE_SIZE} px, ViT-H/14 masks", "",
-           f"- machine: {bm.machine()}; load average (1/5/15 min) {load_before} before, {bm.loadavg()} after",
+  lines = [f"## {record.utc_date()}: {stats['n']} JPEGs, batch {args.batch}, {IMAGE_SIZE} px, ViT-H/14 masks", "",
+           f"- machine: {record.machine()}; load average (1/5/15 min) {load_before} before, {record.loadavg()} after",
            f"- versions: {versions}",
            f"- command: `{args.command}`"]
   if release:
@@ -415,8 +414,8 @@ def main(argv=None) -> int:
   from absl import flags
   flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
   sys.path.insert(0, os.path.join(REPO, "experiments"))
-  import benchmark as bm
-  load_before = bm.loadavg()
+  import record
+  load_before = record.loadavg()
   root, stats = make_files(args.cache, args.images)
   tv_version = None
   if args.reference:
@@ -441,10 +440,7 @@ def main(argv=None) -> int:
       if w == 0:
         ours_full.append(bench_ours(root, 0, args.batch, args.warmup, args.batches, draft=False))
   text = report(args, stats, ours, ours_full, release, tv_version, stages(root), load_before)
-  new = not os.path.exists(args.out) or os.path.getsize(args.out) == 0
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "a") as f:
-    f.write((HEADER + "\n" if new else "") + text)
+  record.append(args.out, text, HEADER)
   print("\n" + text + f"appended to {args.out}")
   return 0
 

@@ -55,10 +55,10 @@ def _final(run_dir: str, total: int) -> dict | None:
 
 def _log_segment(root: str, start: int, end: int, seconds: float, what: str) -> None:
   sys.path.insert(0, os.path.join(REPO, "experiments"))
-  import release_parity   # its machine() line
+  import record
   row = {"what": what, "from_step": start, "to_step": end, "seconds": round(seconds, 1),
          "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-         "host": platform.node(), "machine": release_parity.machine()}
+         "host": platform.node(), "machine": record.machine()}
   with open(os.path.join(root, "segments.jsonl"), "a") as f:
     f.write(json.dumps(row) + "\n")
 

@@ -473,8 +473,8 @@ def main(argv=None) -> int:
   date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip() or \
       datetime.datetime.now(datetime.timezone.utc).isoformat()
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from release_parity import machine  # pylint: disable=g-import-not-at-top
-  header = [("date", date), ("machine", machine()),
+  import record  # pylint: disable=g-import-not-at-top
+  header = [("date", date), ("machine", record.machine()),
             ("samples", f"{args.batches} batches per sampler and setting, seeds fixed (ours: per-batch "
                         "generators as the data pipeline; release: torch.manual_seed(0), its own batch counter)")]
   if release is not None:

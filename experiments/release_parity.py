@@ -45,7 +45,6 @@ it can sit in scripts and tests that run where neither is installed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import os
 import platform
@@ -614,15 +613,6 @@ def vith14_rows(release_modules, workdir: str, seed: int = 0):
 
 
 # ============================================================================ report
-def machine() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), "?")
-  except (OSError, subprocess.CalledProcessError):
-    model = platform.processor() or "?"
-  return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
-
-
 def release_commit(path: str, given: str) -> str:
   try:
     out = subprocess.run(["git", "-C", path, "log", "-1", "--format=%h (%s)"], capture_output=True,
@@ -748,9 +738,8 @@ def main(argv=None) -> int:
   for note in notes:
     print(note)
   if args.out:
-    date = subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip() or \
-        datetime.datetime.now(datetime.timezone.utc).isoformat()
-    header = [("date", date), ("machine", machine()),
+    import record
+    header = [("date", record.utc_date()), ("machine", record.machine()),
               ("versions", f"torch {torch.__version__}, jax {jax.__version__}, flax {flax.__version__}, "
                            f"numpy {np.__version__}, Python {platform.python_version()}"),
               ("release", f"facebookresearch/ijepa {release_commit(release, args.release_commit)}"),
