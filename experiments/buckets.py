@@ -2,6 +2,7 @@
 counts, and what padding each batch to the shortest of a few buckets saves.
 
   python experiments/buckets.py [--batches=200] [--out=experiments/results/buckets.md]
+  python experiments/buckets.py --topology=v5p-128 --configs=vit_h14 [--out=...]   (needs the [tpu] extra)
 
 For each config, `--batches` global batches are drawn with its own sampler (mask.counts=release: every
 mask.reference_batch images share one draw, contexts truncated to the group's shortest), as the pipeline
@@ -10,6 +11,12 @@ that length's 25th, 50th, 75th percentile and maximum, rounded up to multiples o
 num_context (always last). FLOPs per image (ijepa_jax.flops, analytic: matmuls + attention) at each batch's
 bucket, averaged, next to the release's mean (each group at its own truncated context, the targets at their real
 size) and to today's single padded shape (num_context).
+
+With --topology (compile only, no TPU): each bucket's train step is compiled for that slice by the TPU
+compiler and its FLOPs per image counted by the compiler (memory.time_estimate: unrolled at depths (1, 1),
+(2, 1), (1, 2), extrapolated), weighted by how often the simulated batches use the bucket, next to the
+release's analytic mean; also the cost model's step time per bucket (a lower bound, not a measurement).
+Appended to --out as its own section.
 """
 from __future__ import annotations
 
@@ -60,7 +67,11 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--batches", type=int, default=200)
   p.add_argument("--out", default=os.path.join(REPO, "experiments/results/buckets.md"))
+  p.add_argument("--topology", default="", help="e.g. v5p-128: the compiler's FLOPs per bucket (appended)")
+  p.add_argument("--configs", default=",".join(CONFIGS))
   args = p.parse_args()
+  if args.topology:
+    return compiled(args)
   from ijepa_jax import flops
   lines = [f"# Context buckets for the paper configs ({datetime.date.today()}, `python experiments/buckets.py "
            f"--batches={args.batches}`)", "",
@@ -91,6 +102,41 @@ def main():
             "always num_context, so the largest program (and its memory) is the one-shape program of before."]
   with open(args.out, "w") as fh:
     fh.write("\n".join(lines) + "\n")
+
+
+def compiled(args) -> None:
+  """The --topology section: per config, each bucket compiled by the TPU compiler."""
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import record
+  from ijepa_jax import flops, memory
+  for name in args.configs.split(","):
+    config = load(name)
+    sim = simulate(config, args.batches)
+    s, longest = sim["sampler"], sim["longest"]
+    buckets = tuple(int(b) for b in config.mask.context_buckets) or (s.num_context,)
+    share = {b: float(np.mean([next(x for x in buckets if x >= n) == b for n in longest])) for b in buckets}
+    release = flops.config_flops(config, sim["real_context"], s.num_targets, sim["real_target"])["total"]
+    lines = [f"\n## {name} on a {args.topology} by the TPU compiler ({record.utc_date()})\n",
+             f"`python experiments/buckets.py --topology={args.topology} --configs={name} --batches={args.batches}`; "
+             f"batch {config.batch_size}, {config.dtype}, remat={config.model.remat}; {record.machine()}, load "
+             f"{record.loadavg()} before. FLOPs per image as the compiler counts them (the unrolled step at depths "
+             "(1, 1), (2, 1), (1, 2), extrapolated) against the release's analytic mean; the cost model's step time "
+             "is a lower bound, not a measurement.\n",
+             "| context bucket | share of batches | compiler FLOPs / image | analytic FLOPs / image | compiler / release "
+             "| step (s) | images/s per chip |", "|---|---|---|---|---|---|---|"]
+    weighted = 0.0
+    for b in buckets:
+      c = config.copy_and_resolve_references()
+      c.mask.num_context, c.mask.context_buckets = b, ()
+      t = memory.time_estimate(c, args.topology)
+      weighted += share[b] * t["compiler_flops_per_image"]
+      lines.append(f"| {b} | {100 * share[b]:.1f}% | {t['compiler_flops_per_image']:.4g} | {t['flops_per_image']:.4g} "
+                   f"| {t['compiler_flops_per_image'] / release:.2f}x | {t['step_s']:.4f} | "
+                   f"{t['images_per_s_per_chip']:.0f} |")
+      print(lines[-1], flush=True)
+    lines.append(f"\nWeighted by use: {weighted:.4g} FLOPs per image by the compiler, {weighted / release:.2f}x the "
+                 f"release's analytic mean ({release:.4g}).\n")
+    record.append(args.out, "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -125,6 +125,7 @@ def base_config() -> ml_collections.ConfigDict:
       enabled=False,             # ijepa_jax.evaluate on the target encoder after pretraining
       evals=("linear", "lowshot", "knn"),
       max_train=-1,              # -1: the whole train split
+      max_test=-1,               # -1: the whole test split (eval_split); N: N evenly spaced examples
       batch_size=256,            # feature extraction batch (global)
       shard_size=4096,           # examples per feature shard (eval_cache/<step>/<features>/<split>/shard_*.npz)
       in_memory_gib=4.0,         # train features (float32) up to this size: the full-batch probes in memory;

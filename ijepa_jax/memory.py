@@ -264,6 +264,13 @@ def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int
   return out
 
 
+def _compiler_flops(compiled) -> float:
+  """The FLOPs of one device's program, as the compiler counts them (cost_analysis()['flops'])."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan")))
+
+
 def _optimal_seconds(compiled) -> float:
   """The TPU cost model's time for one device's program: cost_analysis()['optimal_seconds'], plus 1 s per
   ConcatBitcast (v4 and v6e programs join fp32 weight slices with it and the model prices each at -1 s;
@@ -281,7 +288,8 @@ def time_estimate(config, topology: str, num_slices: int = 1, per_device_batch: 
   compiled unrolled (scan_layers=False) at encoder / predictor depths (1, 1), (2, 1) and (1, 2) and extrapolated
   linearly to the config's depths (each block the same program). Returns {'step_s', 'encoder_block_s',
   'predictor_block_s', 'depths', 'images_per_s_per_chip', 'mfu' (the step's analytic FLOPs over the step time at
-  the chip's bf16 peak), 'peak_flops'}."""
+  the chip's bf16 peak), 'peak_flops', 'flops_per_image' (analytic), 'compiler_flops_per_image' (the compiler's
+  count, extrapolated the same way)}."""
   import ml_collections
   from ijepa_jax import flops, tpu_topologies
   from ijepa_jax import state as state_lib
@@ -291,24 +299,27 @@ def time_estimate(config, topology: str, num_slices: int = 1, per_device_batch: 
   encoder, predictor = state_lib.models(config)
   depths = (encoder.depth, predictor.depth)
 
-  def seconds(depth: int, predictor_depth: int) -> tuple[float, dict]:
+  def seconds(depth: int, predictor_depth: int) -> tuple[float, float, dict]:
     c = ml_collections.ConfigDict(config.to_dict())
     c.model.scan_layers, c.model.depth, c.model.predictor_depth = False, depth, predictor_depth
     compiled = _compile(c, devices, per_device_batch)
     if compiled["compiled"] is None:
       raise ConfigError(f"the step does not fit {topology} even with {depth} encoder block(s): no time estimate.")
-    return _optimal_seconds(compiled["compiled"]), compiled
+    return _optimal_seconds(compiled["compiled"]), _compiler_flops(compiled["compiled"]), compiled
 
-  base, low = seconds(1, 1)
-  encoder_block, predictor_block = seconds(2, 1)[0] - base, seconds(1, 2)[0] - base
-  step = base + (depths[0] - 1) * encoder_block + (depths[1] - 1) * predictor_block
+  (base, base_flops, low), (two_enc, enc_flops, _), (two_pred, pred_flops, _) = (
+      seconds(1, 1), seconds(2, 1), seconds(1, 2))
+  extrapolate = lambda one, enc, pred: one + (depths[0] - 1) * (enc - one) + (depths[1] - 1) * (pred - one)
+  encoder_block, predictor_block = two_enc - base, two_pred - base
+  step = extrapolate(base, two_enc, two_pred)
   sampler, batch = low["sampler"], low["report"]["batch"]
   per_image = flops.config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)["total"]
   peak = tpu_topologies.PEAK_BF16_FLOPS[slice_.generation]
   chips = slice_.chips * num_slices
   return dict(step_s=step, encoder_block_s=encoder_block, predictor_block_s=predictor_block, depths=depths,
               images_per_s_per_chip=batch / chips / step, mfu=per_image * batch / chips / step / peak,
-              peak_flops=peak, grad_accum_steps=int(config.grad_accum_steps))
+              peak_flops=peak, grad_accum_steps=int(config.grad_accum_steps), flops_per_image=per_image,
+              compiler_flops_per_image=extrapolate(base_flops, enc_flops, pred_flops) * len(devices) / batch)
 
 
 def time_text(t: dict, generation: str) -> str:

@@ -55,6 +55,7 @@ def tiny_config(**overrides):
   c.log_every = 1
   c.checkpoint_every = 4
   c.probe.enabled = False
+  c.probe.max_test = 2000     # of the 10,000 test images, when a test turns the probes on
   c.probe.monitor_every = 0   # tests of the monitor turn it on
   c.compilation_cache = COMPILATION_CACHE
   for key, value in overrides.items():
@@ -72,6 +73,7 @@ TINY_CLI = ["batch_size=16", "warmup_steps=1", "data.image_size=16", "model.patc
             "model.depth=1", "model.num_heads=2", "model.mlp_dim=64", "model.predictor_width=16",
             "model.predictor_depth=1", "model.predictor_heads=2", "mask.reference_batch=16", "log_every=1",
             "checkpoint_every=2", "cpu_devices=1", "write_plots=False", "probe.max_train=300",
+            "probe.max_test=2000",
             "probe.weight_decays=(0.01,)", "probe.lowshot_seeds=(0,)", f"compilation_cache={COMPILATION_CACHE}"]
 
 

@@ -15,6 +15,7 @@ TINY = ["--config.batch_size=16", "--config.total_steps=4", "--config.warmup_ste
         "--config.model.predictor_width=16", "--config.model.predictor_depth=1",
         "--config.model.predictor_heads=2", "--config.mask.reference_batch=16",
         "--config.log_every=2", "--config.checkpoint_every=2", "--config.probe.max_train=600",
+        "--config.probe.max_test=2000",
         "--config.probe.weight_decays=(0.0,0.01)", "--config.probe.monitor_every=0",
         "--config.write_plots=False", f"--config.compilation_cache={COMPILATION_CACHE}"]
 

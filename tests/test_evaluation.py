@@ -187,12 +187,13 @@ def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
   from ijepa_jax import train
   train.train_and_evaluate(tiny_config(total_steps=2, **{"model.depth": 4}), str(tmp_path))
   cmd = [sys.executable, "-m", "ijepa_jax.evaluate", f"--checkpoint={tmp_path}", "--config=configs/fashion_mnist.py",
-         "--config.probe.max_train=1000", "--config.probe.weight_decays=(0.0,0.01)"]  # no --eval: probe.evals
+         "--config.probe.max_train=1000", "--config.probe.max_test=2000",
+         "--config.probe.weight_decays=(0.0,0.01)"]  # no --eval: probe.evals
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert not re.search(r"^I\d{4} ", proc.stderr, re.M), proc.stderr[:3000]  # no absl INFO lines (Orbax's)
   result = json.load(open(tmp_path / "eval.json"))
-  assert result["step"] == 2 and result["train_examples"] == 1000 and result["test_examples"] == 10000
+  assert result["step"] == 2 and result["train_examples"] == 1000 and result["test_examples"] == 2000
   rows = result["table"]
   assert set(rows) == {"I-JEPA target encoder, last layer", "I-JEPA target encoder, last 4 layers",
                        "same encoder at random init, last layer", "same encoder at random init, last 4 layers",
@@ -204,7 +205,7 @@ def test_evaluate_cli_writes_the_table_with_its_floors(tmp_path):
   assert "| raw pixels |" in table and "k-NN (k=20)" in table and "1% labels (3 draws)" in table
   assert table in proc.stdout
   # Each result is printed as soon as it is ready (the probes take minutes on the demo's 60k images).
-  assert "Probes (linear, lowshot, knn) on 1000 train / 10000 test images" in proc.stdout
+  assert "Probes (linear, lowshot, knn) on 1000 train / 2000 test images" in proc.stdout
   knn_line = f"  knn       raw pixels: {100 * rows['raw pixels']['knn']['top1']:.2f} ("
   assert knn_line in proc.stdout and proc.stdout.index(knn_line) < proc.stdout.index(table)
   # Shards of trained / init / raw-pixel features, train and test split each.
@@ -223,7 +224,7 @@ def test_evaluate_cli_attentive_probe_on_tokens_and_pixel_patches(tmp_path):
   from ijepa_jax import train
   train.train_and_evaluate(tiny_config(total_steps=2), str(tmp_path))
   cmd = [sys.executable, "-m", "ijepa_jax.evaluate", f"--checkpoint={tmp_path}", "--config=configs/fashion_mnist.py",
-         "--config.probe.max_train=1000", "--config.probe.attentive_lrs=(0.003,)",
+         "--config.probe.max_train=1000", "--config.probe.max_test=2000", "--config.probe.attentive_lrs=(0.003,)",
          "--config.probe.attentive_weight_decays=(0.01,)", "--config.probe.attentive_epochs=20", "--eval=attentive,knn"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

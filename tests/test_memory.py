@@ -275,8 +275,9 @@ c = tiny_config(**{"model.width": 128, "model.mlp_dim": 512, "model.predictor_wi
                    "model.predictor_depth": 3, "model.scan_layers": True})
 t = memory.time_estimate(c, "v5p-8")
 c.model.scan_layers = False   # the whole unrolled step, to check the extrapolation against
-direct = memory._optimal_seconds(memory._compile(c, memory.tpu_devices(tpu_topologies.parse("v5p-8")), None)["compiled"])
-print("RESULT" + json.dumps(dict(t, direct=direct)))
+whole = memory._compile(c, memory.tpu_devices(tpu_topologies.parse("v5p-8")), None)["compiled"]
+direct, direct_flops = memory._optimal_seconds(whole), memory._compiler_flops(whole)
+print("RESULT" + json.dumps(dict(t, direct=direct, direct_flops=direct_flops)))
 """
 
 
@@ -289,4 +290,5 @@ def test_time_estimate_extrapolates_unrolled_compiles_to_the_whole_step():
   t = json.loads(proc.stdout.split("RESULT", 1)[1])
   assert t["depths"] == [4, 3] and t["encoder_block_s"] > 0 and t["predictor_block_s"] > 0
   assert abs(t["step_s"] / t["direct"] - 1) < 0.03, t
+  assert t["compiler_flops_per_image"] == pytest.approx(t["direct_flops"] * 4 / 16, rel=0.01)   # 4 chips, batch 16
   assert t["images_per_s_per_chip"] == pytest.approx(16 / 4 / t["step_s"]) and 0 < t["mfu"] < 1

@@ -15,8 +15,8 @@ def test_eval_notebook_runs_on_a_checkpoint_from_another_mesh(tmp_path, monkeypa
   env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-m", "ijepa_jax.main", "--config=configs/fashion_mnist.py",
                          f"--workdir={workdir}", *TINY, "--config.model.depth=4", "--config.mesh.data=2",
-                         "--config.probe.evals=('linear','knn')"], cwd=REPO, env=env, capture_output=True, text=True,
-                        timeout=600)
+                         "--config.write_plots=True", "--config.probe.evals=('linear','knn')"], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in ("training_curves.png", "mask_examples.png", "probe_results.png", "eval.md"):
     assert os.path.getsize(workdir / name) > (300 if name.endswith(".md") else 5000), name

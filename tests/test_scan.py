@@ -68,7 +68,7 @@ def test_scan_gives_the_unrolled_loss_gradients_and_update(unrolled, remat):
   ref = _steps(_config(False, remat), state, batches)
   got = _steps(_config(True, remat), stack_blocks(state), batches)
   assert "blocks" in got[0][2].params["encoder"] and "blocks_0" not in got[0][2].params["encoder"]
-  mu = lambda s: s.opt_state[0].mu   # noqa: E731  (scale_by_adam's state first in the chain)
+  mu = lambda s: s.opt_state.inner_state[0].mu   # noqa: E731  (optax.adamw: scale_by_adam first)
   for i, ((loss, norm, s), (ref_loss, ref_norm, r)) in enumerate(zip(got, ref)):
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=f"step {i + 1} loss")
     np.testing.assert_allclose(norm, ref_norm, rtol=1e-5, err_msg=f"step {i + 1} grad norm")
@@ -86,7 +86,8 @@ def test_scan_in_bfloat16_matches_the_unrolled_bfloat16(unrolled):
   (loss, norm, got), = _steps(_config(True, "dots", "bfloat16"), stack_blocks(state), batches[:1])
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   np.testing.assert_allclose(norm, ref_norm, rtol=1e-4)
-  _close(unstack_blocks(got).opt_state[0].mu, ref.opt_state[0].mu, 1e-3, "bf16 gradient (Adam mu)")
+  adam = lambda s: s.opt_state.inner_state[0]   # noqa: E731
+  _close(adam(unstack_blocks(got)).mu, adam(ref).mu, 1e-3, "bf16 gradient (Adam mu)")
 
 
 def test_stacked_parameters_have_a_leading_layers_axis():
@@ -125,7 +126,7 @@ def test_weight_decay_mask_ignores_the_layer_axis(unrolled):
 def test_stack_and_unstack_are_exact_inverses(unrolled):
   state, _ = unrolled
   stacked = stack_blocks(state)   # the whole TrainState: params, EMA target, Adam mu and nu
-  assert stacked.opt_state[0].mu["encoder"]["blocks"]["attn"]["qkv"]["kernel"].shape == (3, 32, 96)
+  assert stacked.opt_state.inner_state[0].mu["encoder"]["blocks"]["attn"]["qkv"]["kernel"].shape == (3, 32, 96)
   assert "blocks" in stacked.target and not any(k.startswith("blocks_") for k in stacked.target)
   np.testing.assert_array_equal(stacked.params["predictor"]["blocks"]["mlp"]["fc2"]["bias"][1],
                                 state.params["predictor"]["blocks_1"]["mlp"]["fc2"]["bias"])
@@ -179,5 +180,5 @@ def test_scanned_run_checkpoints_and_resumes_exactly(tmp_path):
     train.train_and_evaluate(unrolled, str(split))
   convert.relayout(unrolled, str(split), str(tmp_path / "unrolled"), log=lambda _: None)
   _, encoder, back = train.load(str(tmp_path / "unrolled"))
-  assert not encoder.scan_layers and int(back.step) == 4 and "blocks_1" in back.opt_state[0].nu["encoder"]
+  assert not encoder.scan_layers and int(back.step) == 4 and "blocks_1" in back.opt_state.inner_state[0].nu["encoder"]
   jax.tree.map(np.testing.assert_array_equal, back, unstack_blocks(jax.tree.map(np.asarray, state)))

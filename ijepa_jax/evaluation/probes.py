@@ -37,9 +37,13 @@ def _cached(path: str | None, compute):
   return x
 
 
-def _train_indices(n: int, max_train) -> np.ndarray:
-  """All indices, or probe.max_train evenly spaced ones (class-balanced for class-sorted sources)."""
-  return data.pipeline._eval_indices(n, None if max_train is None or max_train < 0 else int(max_train))
+def _limit(max_examples) -> int | None:
+  return None if max_examples is None or max_examples < 0 else int(max_examples)
+
+
+def _indices(n: int, max_examples) -> np.ndarray:
+  """All indices, or probe.max_train / max_test evenly spaced ones (class-balanced for class-sorted sources)."""
+  return data.pipeline._eval_indices(n, _limit(max_examples))
 
 
 def _encoder_featurizer(encoder, params, mean, std):
@@ -69,9 +73,9 @@ def extract_features(config, encoder, trained, initial, mesh, cache_dir: str) ->
   size, channels = int(d.image_size), int(d.channels)
   out = {}
   splits = {}
-  for split, limit in ((d.split, pc.max_train), (d.eval_split, -1)):
+  for split, limit in ((d.split, pc.max_train), (d.eval_split, pc.max_test)):
     source = data.make_source(config, split)
-    splits[split] = (source, _train_indices(len(source), limit))
+    splits[split] = (source, _indices(len(source), limit))
   dataset = {k: str(d.get(k, "")) for k in ("source", "path", "tfds_name", "tfds_data_dir")}
   jobs = [(tag, name, params, size, _encoder_featurizer(encoder, _on_mesh(params, mesh), d.mean, d.std))
           for name, params, tag in ((TRAINED, trained, "trained"), (INIT, initial, "init")) if params is not None]
@@ -102,9 +106,8 @@ def token_sets(config, encoder, trained, initial, mesh, cache_dir: str | None) -
   """The attentive probe's inputs, in memory (small splits only): {name: (train tokens, test tokens)} of the last
   layer (float16), train labels, test labels."""
   pc, d = config.probe, config.data
-  limit = None if pc.max_train < 0 else int(pc.max_train)
-  train_images, train_y = data.load_eval_arrays(config, d.split, limit)
-  test_images, test_y = data.load_eval_arrays(config, d.eval_split)
+  train_images, train_y = data.load_eval_arrays(config, d.split, _limit(pc.max_train))
+  test_images, test_y = data.load_eval_arrays(config, d.eval_split, _limit(pc.max_test))
   tokens = {}
   for name, params, tag in ((TRAINED, trained, "trained"), (INIT, initial, "init")):
     if params is None:
