@@ -240,7 +240,7 @@ def test_evaluate_cli_attentive_probe_on_tokens_and_pixel_patches(tmp_path):
   cached = os.listdir(tmp_path / "eval_cache" / "2")
   assert sum("tokens" in f for f in cached) == 4                          # trained/init x train/test tokens
   assert np.load(tmp_path / "eval_cache" / "2" / [f for f in cached if "trained_tokens_test" in f][0]).shape == (
-      10000, 64, 32)
+      2000, 64, 32)
 
 
 def test_knn_monitor_is_logged_during_training(tmp_path):
