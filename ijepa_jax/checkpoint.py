@@ -47,7 +47,8 @@ def read_data(directory: epath.Path) -> dict:
 
 class DataStateHandler(ocp.CheckpointHandler):
   """Writes the data position and the state's manifest: one JSON file, the same for every process, written
-  by process 0, so the checkpoint restores on any number of processes."""
+  by process 0, so the checkpoint restores on any number of processes. (Not grain's checkpoint handler: it
+  saves each process's iterator state, which only restores onto the same number of processes.)"""
 
   def save(self, directory: epath.Path, args: "DataStateSave"):
     if jax.process_index() == 0:
