@@ -16,7 +16,8 @@ Without ImageNet at data.path the run stops at once with a message naming the ov
 Masks: the release's collator at static shapes (mask.counts=release: whole target blocks, contexts
 truncated per per-GPU batch, padded and masked); its cost against the smaller fixed layout
 (--config.mask.counts=fixed) is in experiments/results/mask_cost.md. Each global batch is padded to the
-shortest of mask.context_buckets that holds its contexts (experiments/results/buckets.md; all compiled before
+shortest of mask.context_buckets that holds its contexts: 1.18x the release's FLOPs per image by the TPU
+compiler on a v5p-128 and a v6e-256, 1.42x with one shape (experiments/results/buckets.md; all compiled before
 step 1; --config.mask.context_buckets='()' pads every batch to num_context).
 """
 from ijepa_jax.defaults import base_config
