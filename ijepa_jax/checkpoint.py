@@ -276,11 +276,12 @@ def _from_former_optimizer(abstract_state):
   former = abstract_state.replace(opt_state=(adam, {"count": adam.count}, {"count": adam.count}))
 
   def convert(state):
-    like = lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding)
-    today = jax.tree.map(like, abstract_state.opt_state)
+    # Only the scalars are new (the other inner states hold no arrays): nothing of Adam's size is allocated.
+    abstract = abstract_state.opt_state
+    zeros = {k: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding) for k, a in abstract.hyperparams.items()}
     adam_state = state.opt_state[0]
-    today = today._replace(count=jnp.copy(adam_state.count), inner_state=(adam_state, *today.inner_state[1:]))
-    return state.replace(opt_state=today)
+    return state.replace(opt_state=abstract._replace(count=jnp.copy(adam_state.count), hyperparams=zeros,
+                                                     inner_state=(adam_state, *abstract.inner_state[1:])))
 
   return former, convert
 
