@@ -255,30 +255,31 @@ def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int
   out["peak"] = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
   out["headroom"] = out["hbm"] - out["peak"]
   out["fits"] = out["headroom"] >= 0
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  out["flops"] = float(cost.get("flops", float("nan"))) if cost else float("nan")
+  out["flops"] = _compiler_flops(compiled)
   hlo = compiled.as_text()
   out["collectives"] = collectives(hlo)
   out["while_loops"] = while_loops(hlo)
   return out
 
 
-def _compiler_flops(compiled) -> float:
-  """The FLOPs of one device's program, as the compiler counts them (cost_analysis()['flops'])."""
+def _cost(compiled) -> dict:
+  """cost_analysis() of one device's program (older jax returns a list of one)."""
   cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan")))
+  return cost[0] if isinstance(cost, (list, tuple)) else cost
+
+
+def _compiler_flops(compiled) -> float:
+  """The FLOPs of one device's program, as the compiler counts them (NaN where it gives no cost analysis)."""
+  cost = _cost(compiled)
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
 def _optimal_seconds(compiled) -> float:
   """The TPU cost model's time for one device's program: cost_analysis()['optimal_seconds'], plus 1 s per
   ConcatBitcast (v4 and v6e programs join fp32 weight slices with it and the model prices each at -1 s;
   experiments/results/eval_cost.md)."""
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   bitcasts = len(re.findall(r'custom_call_target="ConcatBitcast"', compiled.as_text()))
-  return float(cost["optimal_seconds"]) + bitcasts
+  return float(_cost(compiled)["optimal_seconds"]) + bitcasts
 
 
 def time_estimate(config, topology: str, num_slices: int = 1, per_device_batch: int | None = None) -> dict:
