@@ -6,6 +6,7 @@ Each source has `len()` and `source[i] -> {'image': uint8 [h, w, c], 'label': in
 """
 from __future__ import annotations
 
+import abc
 import gzip
 import io
 import json
@@ -219,7 +220,7 @@ _IMAGE_FOLDER_HINT = ("--config.data.path=/path/to/imagenet whose train/ and val
                       "JPEG/PNG files per class")
 
 
-class EncodedImages:
+class EncodedImages(abc.ABC):
   """A random-access source of encoded image files (JPEG, PNG, ...) with labels, decoded on demand: the
   crop box is drawn from the file's header and only what the crop needs is decoded (`load_crop`).
 
@@ -245,11 +246,13 @@ class EncodedImages:
   def __len__(self) -> int:
     return len(self.labels)
 
+  @abc.abstractmethod
   def _read(self, index: int) -> bytes:
-    raise NotImplementedError
+    """The file's bytes."""
 
+  @abc.abstractmethod
   def _name(self, index: int) -> str:
-    raise NotImplementedError
+    """The file's name, for logs."""
 
   def _decode(self, index: int, draft_size: int | None) -> np.ndarray | None:
     path = self._name(index)
