@@ -21,6 +21,21 @@ def _fmt_eta(seconds: float) -> str:
   return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
+def _summary_writer():
+  """tensorboardX's SummaryWriter (a pure-python event writer: no TensorFlow needed), imported without torch:
+  tensorboardX imports torch when it is installed (~1.5 s at every run's start) only to accept torch tensors,
+  and the trainer logs floats. A None entry in sys.modules makes `import torch` fail for that import alone."""
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    from tensorboardX import SummaryWriter
+    return SummaryWriter
+  sys.modules["torch"] = None
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricWriter:
 
   def __init__(self, workdir: str, total_steps: int, start_step: int = 0):
@@ -36,7 +51,7 @@ class MetricWriter:
     path = storage.join(workdir, "metrics.jsonl")
     _truncate_after(path, start_step)
     self._jsonl = storage.AppendFile(path)
-    from tensorboardX import SummaryWriter  # pure-python writer: no TensorFlow needed
+    SummaryWriter = _summary_writer()
     storage.register_tensorboard()
     # purge_step: TensorBoard hides the killed invocation's events after the checkpoint.
     self._tb = SummaryWriter(storage.join(workdir, "tensorboard"), purge_step=start_step or None)
