@@ -64,8 +64,8 @@ if [ "${SMOKE:-0}" = 1 ]; then
         --config.mask.reference_batch=8 --config.data.synthetic_size=64)
   COMMON+=("${TINY[@]}" --config.data.num_workers=0 --pipeline_batches=2 --note="SMOKE=1: tiny models, the script's logic only")
   VITB=("${TINY[@]}")
+  COMMON+=(--steps=2)   # absl flags: the later value counts
   FIT=${SMOKE_FIT:-8,4}
-  STEPS=2
 fi
 
 bench() {

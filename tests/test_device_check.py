@@ -9,7 +9,8 @@ SCRIPT = os.path.join(REPO, "experiments", "device_check.sh")
 
 
 def _run(tmp_path, **env):
-  env = dict(os.environ, PYTHON=sys.executable, OUT_DIR=str(tmp_path), **env)
+  # JAX_PLATFORMS=cpu: the script's own `import jax` would otherwise try the TPU plugin the test extra installs
+  env = dict(os.environ, PYTHON=sys.executable, OUT_DIR=str(tmp_path), JAX_PLATFORMS="cpu", **env)
   return subprocess.run(["bash", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
