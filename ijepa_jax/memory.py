@@ -128,8 +128,8 @@ def largest_batch(probe: Callable[[int | None], dict], per_device_batch: int | N
   for b images per data-parallel device (None: the config's batch). From the first probe's batch, double
   while it fits (halve while it does not), then narrow the bracket down to `multiple` (grad_accum_steps:
   a per-device batch is a multiple of it), each probe where a straight line through the two ends' peaks
-  crosses the HBM (memory is close to linear in the batch) or, after a probe that did not halve the
-  bracket, its middle. {'batch': the largest that fits (None if not even `multiple` does), 'report': its
+  crosses the HBM (memory is close to linear in the batch) or, after three probes in a row on the same side
+  of it (memory far from linear), the bracket's middle. {'batch': the largest that fits (None if not even `multiple` does), 'report': its
   report, 'over': the smallest probed batch that does not fit (None if none up to `limit`), 'probes':
   {batch: report}}."""
   probes = {}
@@ -139,13 +139,14 @@ def largest_batch(probe: Callable[[int | None], dict], per_device_batch: int | N
     dp = r["mesh"]["data"] * r["mesh"]["fsdp"]
     b = r["batch"] // dp
     probes[b] = r
-    need = _fmt(r["peak"]) if r.get("peak") is not None else f"more than {_fmt(r['hbm'])} (the compiler refused it)"
+    need = (f"{_fmt(r['peak'])} (temp {_fmt(r['temp'])})" if r.get("peak") is not None else
+            f"more than {_fmt(r['hbm'])} (the compiler refused it)")
     say(f"per-device batch {b} (global {r['batch']}): peak {need} of {_fmt(r['hbm'])}: "
         f"{'fits' if r['fits'] else 'does not fit'} (compile {r['compile_s']:.0f} s)")
     return b, r["fits"]
 
   def down(b):
-    return max(multiple, b // multiple * multiple)
+    return max(multiple, int(b) // multiple * multiple)
 
   b, fits = run(per_device_batch)
   lo, hi = (b, None) if fits else (None, b)
@@ -155,18 +156,16 @@ def largest_batch(probe: Callable[[int | None], dict], per_device_batch: int | N
   while lo is None and hi > multiple:
     b, fits = run(down(hi // 2))
     lo, hi = (b, hi) if fits else (None, b)
-  halved = True
+  sides = []
   while lo is not None and hi is not None and hi - lo > multiple:
     p_lo, p_hi, hbm = probes[lo].get("peak"), probes[hi].get("peak"), probes[lo]["hbm"]
-    if halved and p_lo is not None and p_hi is not None and p_hi > p_lo:
+    if sides[-3:] not in ([True] * 3, [False] * 3) and p_lo is not None and p_hi is not None and p_hi > p_lo:
       b = down(lo + (hbm - p_lo) * (hi - lo) / (p_hi - p_lo))
     else:
-      b = down((lo + hi) // 2)
-    b = min(max(b, lo + multiple), hi - multiple)
-    width = hi - lo
-    b, fits = run(b)
+      b, sides = down((lo + hi) // 2), []
+    b, fits = run(min(max(b, lo + multiple), hi - multiple))
     lo, hi = (b, hi) if fits else (lo, b)
-    halved = hi - lo <= width / 2
+    sides.append(fits)
   return dict(batch=lo, report=probes[lo] if lo is not None else None, over=hi, probes=probes)
 
 

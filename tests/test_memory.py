@@ -338,8 +338,11 @@ def test_largest_batch_brackets_then_narrows_to_the_largest_batch_that_fits():
     for start in (None, 4, 96, 1000):
       for hbm in (0.5, 90, 250, 1234.5, 5000):
         peak = lambda b: 10 + 3.1 * b + (7 if b % 3 == 0 else 0)
-        probe = lambda b: {"batch": 8 * (b or 64), "mesh": {"data": 1, "fsdp": 8}, "peak": peak(b or 64),
-                           "hbm": hbm, "fits": peak(b or 64) <= hbm, "compile_s": 0.0}
+        def probe(b, hbm=hbm, peak=peak):
+          assert b is None or type(b) is int, b   # a per-device batch is a whole number
+          b = b or 64                             # the config's own
+          return {"batch": 8 * b, "mesh": {"data": 1, "fsdp": 8}, "peak": peak(b), "temp": 0, "hbm": hbm,
+                  "fits": peak(b) <= hbm, "compile_s": 0.0}
         found = largest_batch(probe, start, multiple=multiple, say=lambda line: None)
         fitting = [b for b in range(multiple, 5000, multiple) if peak(b) <= hbm]
         assert found["batch"] in fitting + [None] and found["over"] not in fitting, (multiple, start, hbm, found)
