@@ -6,7 +6,7 @@ def _keep_jax_off_absent_accelerators() -> None:
   """The tpu and test extras install libtpu (the memory report compiles for TPU slices with it), and
   jax then starts the TPU runtime in every process, TPU or not: on a machine without a TPU chip
   that prints two warnings about TPU_ACCELERATOR_TYPE / TPU_WORKER_HOSTNAMES and holds
-  /tmp/libtpu_lockfile, and then it falls back to the CPU. The gpu_compile and test extras install jax's
+  /tmp/libtpu_lockfile, and then it falls back to the CPU. The gpu_compile extra installs jax's
   CUDA plugin (the memory report compiles for NVIDIA GPUs with it), whose start-up check then fails in every
   process on a machine without CUDA's libraries and logs a traceback. Where the CPU is certain (libtpu
   and/or the CUDA plugin installed, but no TPU chip on the PCI bus and no NVIDIA GPU, no other jax plugin,

@@ -442,7 +442,7 @@ def test_memory_cli_gpu_misuse_is_one_error_line(flags, message):
 
 
 def test_with_libtpu_and_the_cuda_plugin_installed_a_process_without_accelerators_starts_on_the_cpu_quietly():
-  """The test and gpu_compile extras install the CUDA plugin, whose start-up check fails without CUDA's libraries
+  """The gpu_compile extra installs the CUDA plugin, whose start-up check fails without CUDA's libraries
   (a logged traceback in every process) unless jax is asked for the CPU: ijepa_jax asks where it is certain."""
   import importlib.util
   import os
