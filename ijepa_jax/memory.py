@@ -223,8 +223,8 @@ def advice(r: dict) -> list[str]:
     options.append(f"--config.grad_accum_steps={2 * k} (the activations of half as many images at a time, "
                    f"same update)")
   if "gpu" in r:
-    options.append(f"--gpus={2 * r['devices']} (twice the GPUs: half the state and images per GPU at the same "
-                   f"global batch)")
+    more = 2 * r["devices"] if 2 * r["devices"] <= 8 else -(-2 * r["devices"] // 8) * 8   # hosts of 8 above 8
+    options.append(f"--gpus={more} (more GPUs: less state and fewer images per GPU at the same global batch)")
   else:
     from ijepa_jax import tpu_topologies
     bigger = tpu_topologies.parse(r["topology"]).doubled()
