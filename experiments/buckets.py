@@ -13,7 +13,7 @@ bucket, averaged, next to the release's mean (each group at its own truncated co
 size) and to today's single padded shape (num_context).
 
 With --topology (compile only, no TPU): each bucket's train step is compiled for that slice by the TPU
-compiler and its FLOPs per image counted by the compiler (memory.time_estimate: unrolled at depths (1, 1),
+compiler and its FLOPs per image counted by the compiler (cost_model.time_estimate: unrolled at depths (1, 1),
 (2, 1), (1, 2), extrapolated), weighted by how often the simulated batches use the bucket, next to the
 release's analytic mean; also the cost model's step time per bucket (a lower bound, not a measurement).
 Appended to --out as its own section.
@@ -108,7 +108,7 @@ def compiled(args) -> None:
   """The --topology section: per config, each bucket compiled by the TPU compiler."""
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   import record
-  from ijepa_jax import flops, memory
+  from ijepa_jax import cost_model, flops
   for name in args.configs.split(","):
     config = load(name)
     sim = simulate(config, args.batches)
@@ -128,7 +128,7 @@ def compiled(args) -> None:
     for b in buckets:
       c = config.copy_and_resolve_references()
       c.mask.num_context, c.mask.context_buckets = b, ()
-      t = memory.time_estimate(c, args.topology)
+      t = cost_model.time_estimate(c, args.topology)
       weighted += share[b] * t["compiler_flops_per_image"]
       lines.append(f"| {b} | {100 * share[b]:.1f}% | {t['compiler_flops_per_image']:.4g} | {t['flops_per_image']:.4g} "
                    f"| {t['compiler_flops_per_image'] / release:.2f}x | {t['step_s']:.4f} | "

@@ -136,7 +136,7 @@ def worker(name: str) -> None:
   jax.config.update("jax_platforms", "cpu")   # compile only: never start a TPU runtime
   import ml_collections
   from ijepa_jax import sharding, tpu_topologies
-  from ijepa_jax.memory import tpu_devices
+  from ijepa_jax.aot import tpu_devices
   config = _CONFIG.value
   slice_ = tpu_topologies.parse(name)
   mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=-1, fsdp=1)), tpu_devices(slice_))

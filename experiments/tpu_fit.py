@@ -67,8 +67,8 @@ def compile_once(config: str, slice_name: str, remat: str, batch: int | None = N
   out = proc.stdout
   if proc.returncode != 0 or ("| peak" not in out and "temporaries alone need" not in out):
     return {"error": error_line(proc.stderr or out)}
-  from ijepa_jax.memory import parse_tpu_text
-  row = parse_tpu_text(out)
+  from ijepa_jax.memory import parse_text
+  row = parse_text(out)
   row["per_device"] = int(re.search(r"\((\d+) per device\)", out).group(1))
   m = re.search(r"lower ([\d.]+) s, compile ([\d.]+) s", out)
   row["seconds"] = f"{float(m.group(1)):.0f} + {float(m.group(2)):.0f} s"

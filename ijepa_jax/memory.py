@@ -1,15 +1,23 @@
-"""How much memory and compute a config's train step needs per device, without running it.
+"""How much memory a config's train step needs per device, without running it.
 
   python -m ijepa_jax.memory --config=configs/vit_h14.py --topology=v5p-128 [--num_slices=2]
       [--per_device_batch=32] [--hbm_gib=X] [--time] [--config.KEY=VALUE ...]
 
-compiles the train step `main` runs (train.build, the config's mesh and axis rules) with the TPU
-compiler for a Cloud TPU slice, compile only, on any machine with libtpu installed (the tpu or test
+compiles the train step `main` runs (ijepa_jax.aot: train.build, the config's mesh and axis rules) with the
+TPU compiler for a Cloud TPU slice, compile only, on any machine with libtpu installed (the tpu or test
 extra; no TPU needed). Per device it prints the compiler's memory analysis (arguments, outputs,
 aliased, temp, generated code, and their peak), the chip's HBM and the headroom, the compiler's
-FLOPs next to the analytic count (ijepa_jax.flops), the collectives in the compiled program, the
-lower and compile times, and when the step does not fit, what to change. --time adds the TPU compiler's
-cost-model time for the step (a lower bound, not a measurement), images/s per chip and the implied MFU.
+FLOPs next to the analytic count (ijepa_jax.flops), the collectives in the compiled program (ijepa_jax.hlo),
+the lower and compile times, and when the step does not fit, what to change. --time adds the TPU compiler's
+cost-model time for the step (ijepa_jax.cost_model: a lower bound, not a measurement), images/s per chip and
+the implied MFU.
+
+  python -m ijepa_jax.memory --config=configs/vit_h14.py --gpu=h100|h200|a100 [--gpus=8]
+      [--per_device_batch=32] [--max_batch] [--hbm_gib=X]
+
+does the same with XLA's GPU compiler for N NVIDIA GPUs (ijepa_jax.gpu_targets: the gpu_compile extra and a
+CUDA toolkit's ptxas; no GPU needed), compile only and without autotuning, so its temp may differ from a
+compile on a real GPU. --max_batch searches for the largest per-GPU batch that fits, one compile a probe.
 
   python -m ijepa_jax.memory --config=configs/vit_h14.py --devices=8,16,32,64 [--per_device_batch=32]
 
@@ -21,205 +29,24 @@ layer's weights up front and ignores remat), so it cannot say whether a step fit
 """
 from __future__ import annotations
 
-import math
-import os
 import re
 import sys
-import time
+from typing import Callable
 
-import numpy as np
-
-GIB = 2 ** 30
-
-
-def _bytes_per_device(tree) -> int:
-  """Sum over leaves of the bytes of one shard, from each leaf's sharding (ShapeDtypeStruct leaves)."""
-  import jax
-  total = 0
-  for leaf in jax.tree.leaves(tree):
-    shard = leaf.sharding.shard_shape(leaf.shape)
-    total += math.prod(shard) * np.dtype(leaf.dtype).itemsize
-  return total
-
-
-def _bytes_total(tree) -> int:
-  import jax
-  return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
-
-
-# ============================================================================ one compile of the train step
-def lower_step(config, devices, per_device_batch: int | None = None) -> dict:
-  """The train step of train.build for this config on a mesh over `devices`, lowered for abstract
-  inputs (nothing allocated): {'lowered', 'lower_s', 'abstract_state', 'config', 'sampler', 'mesh'}.
-  Two configs whose lowered texts are equal compile to the same program."""
-  import flax.linen as nn
-  import jax
-  import ml_collections
-  from ijepa_jax import sharding, train
-  from ijepa_jax.mask_strategies import make_sampler
-  config = ml_collections.ConfigDict(config.to_dict())
-  mesh = sharding.make_mesh(config.mesh, devices, config.get("mesh_dcn"))
-  dp = sharding.data_parallel_size(mesh)
-  if per_device_batch:
-    config.batch_size = per_device_batch * dp
-  train.check_config(config)
-  train.check_accumulation(config, dp)
-  d = config.data
-  sampler = make_sampler(config.mask, d.image_size // config.model.patch_size)
-  _, abstract_state, _, step = train.build(config, mesh, sampler, total_steps=1000, warmup_steps=100)
-  batch = train.abstract_batch(config, sampler, mesh)   # the largest context bucket: num_context
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.rules(config)):
-    t0 = time.perf_counter()
-    lowered = step.lower(abstract_state, batch)
-  return dict(lowered=lowered, lower_s=time.perf_counter() - t0, abstract_state=abstract_state,
-              config=config, sampler=sampler, mesh=mesh)
-
-
-def _compile(config, devices, per_device_batch: int | None) -> dict:
-  """lower_step's program compiled; with the train-state bytes per device from the shardings."""
-  import jax
-  low = lower_step(config, devices, per_device_batch)
-  abstract_state, config, mesh = low["abstract_state"], low["config"], low["mesh"]
-  t0 = time.perf_counter()
-  try:
-    compiled, out_of_memory = low["lowered"].compile(), None
-  except jax.errors.JaxRuntimeError as e:  # the TPU compiler refuses a program that cannot fit its HBM
-    if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
-    compiled, out_of_memory = None, str(e)
-  compile_s = time.perf_counter() - t0
-  parts = {"params": abstract_state.params, "opt_state": abstract_state.opt_state, "target": abstract_state.target}
-  out = {k: _bytes_per_device(v) for k, v in parts.items()}
-  out["state"] = sum(out.values())
-  out["state_total"] = sum(_bytes_total(v) for v in parts.values())
-  out["state_ratio"] = out["state"] / (out["state_total"] / len(devices))
-  out.update(batch=config.batch_size, mesh=dict(mesh.shape), lower_s=low["lower_s"], compile_s=compile_s)
-  return dict(report=out, compiled=compiled, out_of_memory=out_of_memory, config=config,
-              sampler=low["sampler"], mesh=mesh)
+from ijepa_jax import cost_model, gpu_targets, hlo
+from ijepa_jax.aot import GIB, compile_step, tpu_devices
 
 
 def report(config, devices, per_device_batch: int | None = None) -> dict:
   """XLA:CPU (or whatever `devices` are): {'params', 'opt_state', 'target', 'state', 'state_total',
   'state_ratio', 'temp', 'peak', 'batch', 'mesh'}, bytes per device for a mesh over `devices`."""
-  c = _compile(config, devices, per_device_batch)
+  c = compile_step(config, devices, per_device_batch)
   out = c["report"]
   if c["compiled"] is None:
     raise RuntimeError(c["out_of_memory"])
   out["temp"] = int(getattr(c["compiled"].memory_analysis(), "temp_size_in_bytes", 0))
   out["peak"] = out["state"] + out["temp"]
   return out
-
-
-# ============================================================================ the TPU compiler
-def _quiet_libtpu(accelerator_type: str) -> None:
-  """Before libtpu starts: compile-only needs no TPU, so give it the values it would otherwise look
-  up (and warn about: TPU_ACCELERATOR_TYPE, TPU_WORKER_HOSTNAMES), and let it start while another
-  process holds /tmp/libtpu_lockfile."""
-  os.environ["TPU_ACCELERATOR_TYPE"] = accelerator_type
-  os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
-  os.environ["ALLOW_MULTIPLE_LIBTPU_LOAD"] = "1"
-
-
-def tpu_devices(slice_, num_slices: int = 1) -> list:
-  """Compile-only TPU devices of `num_slices` copies of the slice (each with a `slice_index`)."""
-  import importlib.util
-  if importlib.util.find_spec("libtpu") is None:
-    from ijepa_jax.errors import ConfigError
-    raise ConfigError("--topology needs libtpu, the TPU compiler: pip install -e '.[tpu]' (no TPU needed).")
-  _quiet_libtpu(slice_.name)
-  from jax.experimental import topologies
-  return list(topologies.get_topology_desc(**slice_.topology_kwargs(num_slices)).devices)
-
-
-_COLLECTIVES = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "ragged-all-to-all",
-                "collective-permute", "collective-broadcast")
-_ITEMSIZE = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-             "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5}
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%\S+ = (.+?) ([a-z][a-z0-9-]*)\((.*)$")
-
-
-def _array_bytes(type_text: str) -> int:
-  total = 0
-  for dtype, dims in re.findall(r"\b([a-z]+[0-9]*(?:e[0-9]m[0-9][a-z]*)?)\[([0-9,]*)\]", type_text):
-    size = _ITEMSIZE.get(dtype, 1)  # f8 variants: one byte
-    total += size * math.prod(int(x) for x in dims.split(",") if x)
-  return int(total)
-
-
-def _top_level(type_text: str) -> list[str]:
-  """The elements of a tuple type '(a, (b, c), d)'; [type_text] for an array type."""
-  t = type_text.strip()
-  if not t.startswith("("):
-    return [t]
-  parts, depth, start = [], 0, 1
-  for i, ch in enumerate(t):
-    if ch in "({[":
-      depth += 1
-    elif ch in ")}]":
-      depth -= 1
-    elif ch == "," and depth == 1:
-      parts.append(t[start:i])
-      start = i + 1
-  parts.append(t[start:-1])
-  return [p for p in (q.strip() for q in parts) if p]
-
-
-def _group_size(rest: str) -> int | None:
-  """How many devices each of the op's groups has, from its replica_groups in any of XLA's forms."""
-  # mesh['a'=4,'b'=2][, device_ids=(...)] {'a'}: groups along the named axes of XLA's own device mesh
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\][^{]*\{([^}]*)\}", rest)
-  if m:
-    sizes = {k: int(v) for k, v in re.findall(r"'([^']+)'=(\d+)", m.group(1))}
-    return math.prod(sizes[a] for a in re.findall(r"'([^']+)'", m.group(2)))
-  m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", rest)  # iota form: [groups, size]<=[...]
-  if m:
-    return int(m.group(2))
-  m = re.search(r"replica_groups=\{\{([0-9,]*)\}", rest)
-  if m:
-    return len([x for x in m.group(1).split(",") if x])
-  return None
-
-
-def collectives(hlo_text: str) -> dict[str, dict]:
-  """The collectives in a compiled HLO module's text: {op: {'count', 'bytes', 'group_sizes'}}, where
-  bytes is each op's result per device (for async '-start' ops, the result part), summed over the ops
-  as they appear in the program (an op inside a loop body counts once), and group_sizes the sizes of
-  the device groups it runs over. Transfers between slices (TPU multislice: send ops to the
-  'megascale' DCN runtime) appear as '<kind> across slices (DCN)'."""
-  out: dict[str, dict] = {}
-  for line in hlo_text.splitlines():
-    m = _INSTRUCTION.match(line)
-    if not m:
-      continue
-    type_text, op, rest = m.groups()
-    if op == "send" and "_xla_megascale_transfer_type" in rest:
-      kind = re.search(r'_xla_megascale_transfer_type="([A-Z_]+)"', rest).group(1)
-      name, nbytes, size = f"{kind.lower().replace('_', '-')} across slices (DCN)", \
-          _array_bytes(_top_level(type_text)[0]), None
-    else:
-      base = op[:-len("-start")] if op.endswith("-start") else op
-      if base not in _COLLECTIVES:
-        continue
-      parts = _top_level(type_text)
-      if op.endswith("-start") and base in ("all-gather", "collective-permute") and len(parts) > 1:
-        parts = parts[1:2]   # (operand, result[, context]): the result
-      name, nbytes, size = base, sum(_array_bytes(p) for p in parts), _group_size(rest)
-    entry = out.setdefault(name, {"count": 0, "bytes": 0, "group_sizes": set()})
-    entry["count"] += 1
-    entry["bytes"] += nbytes
-    if size:
-      entry["group_sizes"].add(size)
-  for entry in out.values():
-    entry["group_sizes"] = sorted(entry["group_sizes"])
-  return out
-
-
-def while_loops(hlo_text: str) -> dict[str, int]:
-  """{'all': while loops in a compiled module, 'windowed_einsum': those that are XLA's windowed einsums
-  (a matmul looped over the shards of an FSDP weight or gradient as collective-permutes bring them,
-  in place of one all-gather or reduce-scatter)}. Cost analysis counts a loop's body once."""
-  bodies = re.findall(r" while\(.*?body=%([^ ,]+)", hlo_text)
-  return {"all": len(bodies), "windowed_einsum": sum("windowed_dot_general" in b for b in bodies)}
 
 
 def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int | None = None,
@@ -238,7 +65,7 @@ def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int
   if num_slices < 1:
     raise ConfigError(f"--num_slices={num_slices} must be at least 1.")
   devices = tpu_devices(slice_, num_slices)
-  c = _compile(config, devices, per_device_batch)
+  c = compile_step(config, devices, per_device_batch)
   out, compiled, config, sampler = c["report"], c["compiled"], c["config"], c["sampler"]
   out.update(topology=slice_.name, topology_name=slice_.topology_name, generation=slice_.generation,
              chips=slice_.chips, megacore=slice_.megacore, num_slices=num_slices, devices=len(devices),
@@ -248,91 +75,98 @@ def tpu_report(config, topology: str, num_slices: int = 1, per_device_batch: int
   out["flops_analytic"] = per_image * out["batch"] / len(devices)
   if compiled is None:
     return {**out, **out_of_memory_report(c["out_of_memory"])}
-  stats = compiled.memory_analysis()
-  memory = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
-  memory["generated_code"] = int(stats.generated_code_size_in_bytes)
-  out.update(memory)
-  out["peak"] = memory["argument"] + memory["output"] - memory["alias"] + memory["temp"] + memory["generated_code"]
-  out["headroom"] = out["hbm"] - out["peak"]
-  out["fits"] = out["headroom"] >= 0
-  out["flops"] = _compiler_flops(compiled)
-  hlo = compiled.as_text()
-  out["collectives"] = collectives(hlo)
-  out["while_loops"] = while_loops(hlo)
+  out.update(_memory(compiled, out["hbm"]))
+  out["flops"] = cost_model.compiler_flops(compiled)
   return out
 
 
-def _cost(compiled) -> dict:
-  """cost_analysis() of one device's program (older jax returns a list of one)."""
-  cost = compiled.cost_analysis()
-  return cost[0] if isinstance(cost, (list, tuple)) else cost
+def _memory(compiled, hbm: int) -> dict:
+  """A compiled step's memory analysis per device, its peak against `hbm`, its collectives and loops."""
+  stats = compiled.memory_analysis()
+  out = {k: int(getattr(stats, f"{k}_size_in_bytes")) for k in ("argument", "output", "alias", "temp")}
+  out["generated_code"] = int(stats.generated_code_size_in_bytes)
+  out["peak"] = out["argument"] + out["output"] - out["alias"] + out["temp"] + out["generated_code"]
+  out["headroom"] = hbm - out["peak"]
+  out["fits"] = out["headroom"] >= 0
+  text = compiled.as_text()
+  out["collectives"] = hlo.collectives(text)
+  out["while_loops"] = hlo.while_loops(text)
+  return out
 
 
-def _compiler_flops(compiled) -> float:
-  """The FLOPs of one device's program, as the compiler counts them (NaN where it gives no cost analysis)."""
-  cost = _cost(compiled)
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
-def _optimal_seconds(compiled) -> float:
-  """The TPU cost model's time for one device's program: cost_analysis()['optimal_seconds'], plus 1 s per
-  ConcatBitcast (v4 and v6e programs join fp32 weight slices with it and the model prices each at -1 s;
-  experiments/results/eval_cost.md)."""
-  bitcasts = len(re.findall(r'custom_call_target="ConcatBitcast"', compiled.as_text()))
-  return float(_cost(compiled)["optimal_seconds"]) + bitcasts
-
-
-def time_estimate(config, topology: str, num_slices: int = 1, per_device_batch: int | None = None) -> dict:
-  """The TPU compiler's cost-model time for the config's train step: a lower bound, not a measurement.
-
-  The cost model counts a loop's body once, so a scanned layer stack would be costed as one block: the step is
-  compiled unrolled (scan_layers=False) at encoder / predictor depths (1, 1), (2, 1) and (1, 2) and extrapolated
-  linearly to the config's depths (each block the same program). Returns {'step_s', 'encoder_block_s',
-  'predictor_block_s', 'depths', 'images_per_s_per_chip', 'mfu' (the step's analytic FLOPs over the step time at
-  the chip's bf16 peak), 'peak_flops', 'flops_per_image' (analytic), 'compiler_flops_per_image' (the compiler's
-  count, extrapolated the same way)}."""
-  import ml_collections
-  from ijepa_jax import flops, tpu_topologies
-  from ijepa_jax import state as state_lib
+def gpu_report(config, gpu: str, count: int = 8, per_device_batch: int | None = None,
+               hbm_bytes: int | None = None) -> dict:
+  """The train step compiled by XLA's GPU compiler for `count` GPUs of kind `gpu` (gpu_targets.SPECS' names
+  or a spec file's path), compile only, no autotuning. Bytes are per GPU, as in tpu_report; 'hbm' is the
+  spec's device_memory_size unless `hbm_bytes` is given."""
+  import jax
   from ijepa_jax.errors import ConfigError
-  slice_ = tpu_topologies.parse(topology)
-  devices = tpu_devices(slice_, num_slices)
-  encoder, predictor = state_lib.models(config)
-  depths = (encoder.depth, predictor.depth)
-
-  def seconds(depth: int, predictor_depth: int) -> tuple[float, float, dict]:
-    c = ml_collections.ConfigDict(config.to_dict())
-    c.model.scan_layers, c.model.depth, c.model.predictor_depth = False, depth, predictor_depth
-    compiled = _compile(c, devices, per_device_batch)
-    if compiled["compiled"] is None:
-      raise ConfigError(f"the step does not fit {topology} even with {depth} encoder block(s): no time estimate.")
-    return _optimal_seconds(compiled["compiled"]), _compiler_flops(compiled["compiled"]), compiled
-
-  (base, base_flops, low), (two_enc, enc_flops, _), (two_pred, pred_flops, _) = (
-      seconds(1, 1), seconds(2, 1), seconds(1, 2))
-  extrapolate = lambda one, enc, pred: one + (depths[0] - 1) * (enc - one) + (depths[1] - 1) * (pred - one)
-  encoder_block, predictor_block = two_enc - base, two_pred - base
-  step = extrapolate(base, two_enc, two_pred)
-  sampler, batch = low["sampler"], low["report"]["batch"]
-  per_image = flops.config_flops(config, sampler.num_context, sampler.num_targets, sampler.num_target)["total"]
-  peak = tpu_topologies.PEAK_BF16_FLOPS[slice_.generation]
-  chips = slice_.chips * num_slices
-  return dict(step_s=step, encoder_block_s=encoder_block, predictor_block_s=predictor_block, depths=depths,
-              images_per_s_per_chip=batch / chips / step, mfu=per_image * batch / chips / step / peak,
-              peak_flops=peak, grad_accum_steps=int(config.grad_accum_steps), flops_per_image=per_image,
-              compiler_flops_per_image=extrapolate(base_flops, enc_flops, pred_flops) * len(devices) / batch)
+  spec = gpu_targets.spec_text(gpu)
+  hbm = int(hbm_bytes) if hbm_bytes else gpu_targets.hbm_bytes(spec)
+  if not hbm:
+    raise ConfigError(f"--gpu={gpu}: its spec gives no device_memory_size: give the GPU's memory with --hbm_gib.")
+  devices = gpu_targets.gpu_devices(gpu, count)
+  try:
+    c = compile_step(config, devices, per_device_batch)
+  except jax.errors.JaxRuntimeError as e:
+    fix = gpu_targets.toolchain_error(str(e))
+    if fix:
+      raise ConfigError(fix) from None
+    raise
+  out, compiled, config = c["report"], c["compiled"], c["config"]
+  out.update(gpu=gpu, gpu_name=gpu_targets.gpu_name(spec), devices=count, gpu_topology=gpu_targets.topology(count),
+             grad_accum_steps=int(config.grad_accum_steps), remat=str(config.model.remat), hbm=hbm)
+  if compiled is None:
+    return {**out, **out_of_memory_report(c["out_of_memory"])}
+  out.update(_memory(compiled, hbm))
+  return out
 
 
-def time_text(t: dict, generation: str) -> str:
-  lines = [f"TPU compiler's cost model (a lower bound on time, not a measurement; the step compiled unrolled at "
-           f"encoder / predictor depths (1, 1), (2, 1), (1, 2), extrapolated to {t['depths']}): step "
-           f"{t['step_s']:.4g} s, {t['images_per_s_per_chip']:.0f} images/s per chip, MFU {100 * t['mfu']:.0f}% "
-           f"(the step's analytic FLOPs at {generation}'s {t['peak_flops'] / 1e12:.0f} TFLOP/s bf16); per block: "
-           f"encoder {t['encoder_block_s']:.3g} s, predictor {t['predictor_block_s']:.3g} s"]
-  if t["grad_accum_steps"] > 1:
-    lines.append(f"  with grad_accum_steps={t['grad_accum_steps']} the micro-batch loop is counted once: the "
-                 f"step takes about {t['grad_accum_steps']}x longer")
-  return "\n".join(lines)
+def largest_batch(probe: Callable[[int | None], dict], per_device_batch: int | None = None, multiple: int = 1,
+                  limit: int = 2 ** 16, say: Callable[[str], None] = print) -> dict:
+  """The largest per-device batch whose step fits, one compile a probe: `probe(b)` is a report (gpu_report's)
+  for b images per data-parallel device (None: the config's batch). From the first probe's batch, double
+  while it fits (halve while it does not), then narrow the bracket down to `multiple` (grad_accum_steps:
+  a per-device batch is a multiple of it), each probe where a straight line through the two ends' peaks
+  crosses the HBM (memory is close to linear in the batch) or, after three probes in a row on the same side
+  of it (memory far from linear), the bracket's middle. {'batch': the largest that fits (None if not even `multiple` does), 'report': its
+  report, 'over': the smallest probed batch that does not fit (None if none up to `limit`), 'probes':
+  {batch: report}}."""
+  probes = {}
+
+  def run(b):
+    r = probe(b)
+    dp = r["mesh"]["data"] * r["mesh"]["fsdp"]
+    b = r["batch"] // dp
+    probes[b] = r
+    need = (f"{_fmt(r['peak'])} (temp {_fmt(r['temp'])})" if r.get("peak") is not None else
+            f"more than {_fmt(r['hbm'])} (the compiler refused it)")
+    say(f"per-device batch {b} (global {r['batch']}): peak {need} of {_fmt(r['hbm'])}: "
+        f"{'fits' if r['fits'] else 'does not fit'} (compile {r['compile_s']:.0f} s)")
+    return b, r["fits"]
+
+  def down(b):
+    return max(multiple, int(b) // multiple * multiple)
+
+  b, fits = run(per_device_batch)
+  lo, hi = (b, None) if fits else (None, b)
+  while hi is None and lo < limit:
+    b, fits = run(down(2 * lo))
+    lo, hi = (b, None) if fits else (lo, b)
+  while lo is None and hi > multiple:
+    b, fits = run(down(hi // 2))
+    lo, hi = (b, hi) if fits else (None, b)
+  sides = []
+  while lo is not None and hi is not None and hi - lo > multiple:
+    p_lo, p_hi, hbm = probes[lo].get("peak"), probes[hi].get("peak"), probes[lo]["hbm"]
+    if sides[-3:] not in ([True] * 3, [False] * 3) and p_lo is not None and p_hi is not None and p_hi > p_lo:
+      b = down(lo + (hbm - p_lo) * (hi - lo) / (p_hi - p_lo))
+    else:
+      b, sides = down((lo + hi) // 2), []
+    b, fits = run(min(max(b, lo + multiple), hi - multiple))
+    lo, hi = (b, hi) if fits else (lo, b)
+    sides.append(fits)
+  return dict(batch=lo, report=probes[lo] if lo is not None else None, over=hi, probes=probes)
 
 
 _GIB_FIGURE = r"([0-9.]+)([KMGT])"
@@ -388,28 +222,68 @@ def advice(r: dict) -> list[str]:
   if per_device % (2 * k) == 0:
     options.append(f"--config.grad_accum_steps={2 * k} (the activations of half as many images at a time, "
                    f"same update)")
-  from ijepa_jax import tpu_topologies
-  bigger = tpu_topologies.parse(r["topology"]).doubled()
-  if bigger:
-    options.append(f"--topology={bigger.name} (twice the chips: half the state and images per chip "
-                   f"at the same global batch)")
+  if "gpu" in r:
+    more = 2 * r["devices"] if 2 * r["devices"] <= 8 else -(-2 * r["devices"] // 8) * 8   # hosts of 8 above 8
+    options.append(f"--gpus={more} (more GPUs: less state and fewer images per GPU at the same global batch)")
+  else:
+    from ijepa_jax import tpu_topologies
+    bigger = tpu_topologies.parse(r["topology"]).doubled()
+    if bigger:
+      options.append(f"--topology={bigger.name} (twice the chips: half the state and images per chip "
+                     f"at the same global batch)")
   if per_device > 1:
     options.append(f"--per_device_batch={per_device // 2} (a smaller global batch: {r['batch'] // 2})")
   return options
 
 
-def _out_of_memory_lines(r: dict) -> list[str]:
-  """A step the TPU compiler refused: what it said, the train state we know from the shardings, the fix."""
-  lines = [f"The TPU compiler stopped: {r['compiler_error']}",
+def _out_of_memory_lines(r: dict, compiler: str, unit: str) -> list[str]:
+  """A step the compiler refused: what it said, the train state we know from the shardings, the fix."""
+  lines = [f"The {compiler} stopped: {r['compiler_error']}",
            f"Train state per device (from the shardings): params {_fmt(r['params'])}, opt state "
            f"{_fmt(r['opt_state'])}, EMA target {_fmt(r['target'])}", ""]
   if r["temp"] is not None:
     need = (f"temporaries alone need {_fmt(r['temp'])} of the {_fmt(r['hbm_available'])} the compiler may use "
-            f"({_fmt(r['hbm'])} HBM per chip)")
+            f"({_fmt(r['hbm'])} HBM per {unit})")
   else:
-    need = f"more than the {_fmt(r['hbm'])} HBM per chip"
-  lines.append(f"does not fit: the TPU compiler ran out of HBM: {need}. To fit, try: " + "; or ".join(advice(r)))
+    need = f"more than the {_fmt(r['hbm'])} HBM per {unit}"
+  lines.append(f"does not fit: the {compiler} ran out of HBM: {need}. To fit, try: " + "; or ".join(advice(r)))
   return lines
+
+
+def _memory_rows(r: dict, unit: str, hbm_label: str) -> list[str]:
+  return [f"| per {unit} | bytes |", "|---|---|",
+          f"| arguments (train state + batch) | {_fmt(r['argument'])} |",
+          f"| outputs (new train state + metrics) | {_fmt(r['output'])} |",
+          f"| aliased (outputs in the donated arguments' buffers) | {_fmt(r['alias'])} |",
+          f"| temp (activations, gradients, collective buffers) | {_fmt(r['temp'])} |",
+          f"| generated code | {_fmt(r['generated_code'])} |",
+          f"| peak = arguments + outputs - aliased + temp + code | {_fmt(r['peak'])} |",
+          f"| {hbm_label} | {_fmt(r['hbm'])} |",
+          f"| headroom | {_fmt(r['headroom'])} |", "",
+          f"Train state per device (from the shardings): params {_fmt(r['params'])}, opt state "
+          f"{_fmt(r['opt_state'])}, EMA target {_fmt(r['target'])}; state ratio {r['state_ratio']:.3f} "
+          f"(1.0 = an even 1/{r['devices']} share)"]
+
+
+def _collective_lines(r: dict) -> list[str]:
+  windowed = r["while_loops"]["windowed_einsum"]
+  lines = ["", "| collective | count | bytes per device | device groups of |", "|---|---|---|---|"]
+  for name, e in sorted(r["collectives"].items()):
+    groups = ", ".join(map(str, e["group_sizes"])) or "-"
+    lines.append(f"| {name} | {e['count']} | {_fmt(e['bytes'])} | {groups} |")
+  if not r["collectives"]:
+    lines.append("| (none) | 0 | - | - |")
+  lines.append("(count: ops in the program text, an op in a loop body once; bytes: their results. Windowed "
+               "einsums move FSDP shards with collective-permutes.)" if windowed else
+               "(count: ops in the program text, an op in a loop body once; bytes: their results)")
+  return lines + [""]
+
+
+def _fit_line(r: dict, unit: str) -> str:
+  if r["fits"]:
+    return f"fits: peak {_fmt(r['peak'])} of {_fmt(r['hbm'])} per {unit} ({_fmt(r['headroom'])} headroom)"
+  return (f"does not fit: peak {_fmt(r['peak'])} > {_fmt(r['hbm'])} per {unit}, {_fmt(-r['headroom'])} over. "
+          f"To fit, try: " + "; or ".join(advice(r)))
 
 
 def tpu_text(config, r: dict, libtpu_version: str) -> str:
@@ -423,21 +297,10 @@ def tpu_text(config, r: dict, libtpu_version: str) -> str:
            f"TPU compiler, compile only (libtpu {libtpu_version}): lower {r['lower_s']:.1f} s, "
            f"compile {r['compile_s']:.1f} s", ""]
   if "compiler_error" in r:
-    return "\n".join(lines + _out_of_memory_lines(r))
-  lines += ["| per device | bytes |", "|---|---|",
-            f"| arguments (train state + batch) | {_fmt(r['argument'])} |",
-            f"| outputs (new train state + metrics) | {_fmt(r['output'])} |",
-            f"| aliased (outputs in the donated arguments' buffers) | {_fmt(r['alias'])} |",
-            f"| temp (activations, gradients, collective buffers) | {_fmt(r['temp'])} |",
-            f"| generated code | {_fmt(r['generated_code'])} |",
-            f"| peak = arguments + outputs - aliased + temp + code | {_fmt(r['peak'])} |",
-            f"| HBM per chip ({r['generation']}) | {_fmt(r['hbm'])} |",
-            f"| headroom | {_fmt(r['headroom'])} |", "",
-            f"Train state per device (from the shardings): params {_fmt(r['params'])}, opt state "
-            f"{_fmt(r['opt_state'])}, EMA target {_fmt(r['target'])}; state ratio {r['state_ratio']:.3f} "
-            f"(1.0 = an even 1/{r['devices']} share)",
-            f"FLOPs per device per step: compiler {r['flops']:.4g}, analytic {r['flops_analytic']:.4g} "
-            f"(matmuls + attention; ratio {r['flops'] / r['flops_analytic']:.3f})"]
+    return "\n".join(lines + _out_of_memory_lines(r, "TPU compiler", "chip"))
+  lines += _memory_rows(r, "device", f"HBM per chip ({r['generation']})")
+  lines.append(f"FLOPs per device per step: compiler {r['flops']:.4g}, analytic {r['flops_analytic']:.4g} "
+               f"(matmuls + attention; ratio {r['flops'] / r['flops_analytic']:.3f})")
   loops = r["while_loops"]
   if loops["windowed_einsum"]:
     lines.append(f"  the compiled step has {loops['windowed_einsum']} windowed einsums (matmuls looped over the "
@@ -446,21 +309,29 @@ def tpu_text(config, r: dict, libtpu_version: str) -> str:
   if r["grad_accum_steps"] > 1:
     lines.append(f"  with grad_accum_steps={r['grad_accum_steps']} the compiler counts the micro-batch scan's "
                  f"body once, not {r['grad_accum_steps']} times: its figure is low")
-  lines += ["", "| collective | count | bytes per device | device groups of |", "|---|---|---|---|"]
-  for name, e in sorted(r["collectives"].items()):
-    groups = ", ".join(map(str, e["group_sizes"])) or "-"
-    lines.append(f"| {name} | {e['count']} | {_fmt(e['bytes'])} | {groups} |")
-  if not r["collectives"]:
-    lines.append("| (none) | 0 | - | - |")
-  lines.append("(count: ops in the program text, an op in a loop body once; bytes: their results. Windowed "
-               "einsums move FSDP shards with collective-permutes.)" if loops["windowed_einsum"] else
-               "(count: ops in the program text, an op in a loop body once; bytes: their results)")
-  lines.append("")
-  if r["fits"]:
-    lines.append(f"fits: peak {_fmt(r['peak'])} of {_fmt(r['hbm'])} per chip ({_fmt(r['headroom'])} headroom)")
-  else:
-    lines.append(f"does not fit: peak {_fmt(r['peak'])} > {_fmt(r['hbm'])} per chip, {_fmt(-r['headroom'])} over. "
-                 f"To fit, try: " + "; or ".join(advice(r)))
+  return "\n".join(lines + _collective_lines(r) + [_fit_line(r, "chip")])
+
+
+GPU_LABEL = "XLA GPU compiler, compile only (no autotuning: temp may differ from a real GPU)"
+JAX_GPU_MEMORY_FRACTION = 0.75   # what jax preallocates of a GPU's memory unless XLA_PYTHON_CLIENT_MEM_FRACTION says
+
+
+def gpu_text(config, r: dict, versions: str) -> str:
+  """gpu_report as text; `versions`: 'jax 0.10.2, jax-cuda12-plugin 0.10.2'."""
+  mesh = " x ".join(f"{k} {v}" for k, v in r["mesh"].items())
+  hosts = "one host" if r["devices"] <= 8 else f"{r['devices'] // 8} hosts of 8"
+  lines = [_model_line(config, r["state_total"]), "",
+           f"{r['devices']} x {r['gpu_name']} (topology {r['gpu_topology']}, {hosts}): mesh {mesh}, global batch "
+           f"{r['batch']} ({r['batch'] // r['devices']} per GPU)",
+           f"{GPU_LABEL}; {versions}: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s", ""]
+  if "compiler_error" in r:
+    return "\n".join(lines + _out_of_memory_lines(r, "XLA GPU compiler", "GPU"))
+  lines += _memory_rows(r, "GPU", f"HBM per GPU ({r['gpu_name']}{', from its spec' if r['gpu'] in gpu_targets.SPECS else ''})")
+  lines += _collective_lines(r) + [_fit_line(r, "GPU")]
+  default = JAX_GPU_MEMORY_FRACTION * r["hbm"]
+  if r["peak"] > default:
+    lines.append(f"  jax preallocates {JAX_GPU_MEMORY_FRACTION:.0%} of a GPU's memory ({_fmt(default)}) by default: "
+                 f"above that, run with XLA_PYTHON_CLIENT_MEM_FRACTION raised (e.g. .95)")
   return "\n".join(lines)
 
 
@@ -470,14 +341,16 @@ def parse_gib(text: str) -> float:
   return float(value) * {"GiB": 1, "MiB": 2 ** -10, "KiB": 2 ** -20}[unit]
 
 
-def parse_tpu_text(out: str) -> dict:
-  """tpu_text read back (for scripts that run the CLI in a subprocess, as experiments/ do): {'temp', 'peak' (None when the
-  compiler refused the step: RESOURCE_EXHAUSTED, then 'temp' is what it said it needs), 'fits',
-  'compile_s'}, bytes in GiB."""
+def parse_text(out: str) -> dict:
+  """tpu_text or gpu_text read back (for scripts that run the CLI in a subprocess, as experiments/ do):
+  {'temp', 'peak' (None when the compiler refused the step: RESOURCE_EXHAUSTED, then 'temp' is what it said
+  it needs), 'hbm', 'fits', 'compile_s'}, bytes in GiB."""
   refused = re.search(r"temporaries alone need ([\d.]+ [GMK]iB)", out)
+  hbm = re.search(r"\| HBM per [^|]*\| ([^|]+) \|", out) or re.search(r"\(([\d.]+ [GMK]iB) HBM per", out)
   return {"temp": parse_gib(refused.group(1)) if refused else
           parse_gib(re.search(r"\| temp \([^|]*\| ([^|]+) \|", out).group(1)),
           "peak": None if refused else parse_gib(re.search(r"\| peak [^|]*\| ([^|]+) \|", out).group(1)),
+          "hbm": parse_gib(hbm.group(1)) if hbm else None,
           "fits": bool(re.search(r"^fits:", out, re.M)),
           "compile_s": float(re.search(r"compile ([\d.]+) s", out).group(1))}
 
@@ -488,12 +361,16 @@ def _usage_error(message: str) -> None:
   sys.exit(2)
 
 
+def _hbm() -> int | None:
+  if _HBM_GIB.value is not None and _HBM_GIB.value <= 0:
+    _usage_error(f"--hbm_gib={_HBM_GIB.value} must be positive.")
+  return int(_HBM_GIB.value * GIB) if _HBM_GIB.value else None
+
+
 def _main_tpu(config) -> None:
   import importlib.metadata
   from ijepa_jax.errors import ConfigError
-  if _HBM_GIB.value is not None and _HBM_GIB.value <= 0:
-    _usage_error(f"--hbm_gib={_HBM_GIB.value} must be positive.")
-  hbm = int(_HBM_GIB.value * GIB) if _HBM_GIB.value else None
+  hbm = _hbm()
   print(f"compiling for {_NUM_SLICES.value} x {_TOPOLOGY.value} with the TPU compiler ...", flush=True)
   try:
     r = tpu_report(config, _TOPOLOGY.value, _NUM_SLICES.value, _PER_DEVICE_BATCH.value, hbm)
@@ -504,10 +381,48 @@ def _main_tpu(config) -> None:
   if _TIME.value and r.get("fits"):
     print(f"\nestimating the step time: 3 more compiles, unrolled ...", flush=True)
     try:
-      t = time_estimate(config, _TOPOLOGY.value, _NUM_SLICES.value, _PER_DEVICE_BATCH.value)
+      t = cost_model.time_estimate(config, _TOPOLOGY.value, _NUM_SLICES.value, _PER_DEVICE_BATCH.value)
     except ConfigError as e:
       _usage_error(str(e))
-    print(time_text(t, r["generation"]))
+    print(cost_model.time_text(t, r["generation"]))
+
+
+def gpu_versions() -> str:
+  import importlib.metadata
+  out = []
+  for name in ("jax", "jaxlib", "jax-cuda12-plugin", "jax-cuda12-pjrt"):
+    try:
+      out.append(f"{name} {importlib.metadata.version(name)}")
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return ", ".join(out)
+
+
+def _main_gpu(config) -> None:
+  from ijepa_jax.errors import ConfigError
+  hbm = _hbm()
+  gpu, count = _GPU.value, _GPUS.value
+  print(f"compiling for {count} x {gpu} with XLA's GPU compiler ...", flush=True)
+  try:
+    if _MAX_BATCH.value:
+      k = int(config.grad_accum_steps)
+      found = largest_batch(lambda b: gpu_report(config, gpu, count, b, hbm), _PER_DEVICE_BATCH.value, multiple=k,
+                            say=lambda line: print(line, flush=True))
+    else:
+      r = gpu_report(config, gpu, count, _PER_DEVICE_BATCH.value, hbm)
+  except ConfigError as e:
+    _usage_error(str(e))
+  if _MAX_BATCH.value:
+    if found["batch"] is None:
+      print(f"\nno per-GPU batch fits: not even {found['over']} ({GPU_LABEL})")
+      r = found["probes"][found["over"]]
+    else:
+      over = (f"{found['over']} does not" if found["over"] is not None else
+              f"the search stopped at {found['batch']}")
+      print(f"\nlargest per-GPU batch that fits: {found['batch']} ({over}; {GPU_LABEL})")
+      r = found["report"]
+  print()
+  print(gpu_text(config, r, gpu_versions()))
 
 
 def _main_cpu(config) -> None:
@@ -532,23 +447,32 @@ def _main_cpu(config) -> None:
   print(f"\n{_model_line(config, rows[counts[0]]['state_total'])}\n")
   print(table(rows))
   print("\nXLA:CPU on fake CPU devices: the train-state columns are exact; temp is an XLA:CPU estimate, "
-        "not what a TPU or GPU needs (for that: --topology=v5p-128 etc.).")
+        "not what a TPU or GPU needs (for that: --topology=v5p-128 or --gpu=h100 etc.).")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if _TOPOLOGY.value is not None and flags.FLAGS["devices"].present:
-    _usage_error("--topology and --devices are exclusive: --topology compiles for a TPU slice, --devices for "
-                 "N fake CPU devices.")
-  if _TOPOLOGY.value is None and (flags.FLAGS["num_slices"].present or flags.FLAGS["hbm_gib"].present):
-    _usage_error("--num_slices and --hbm_gib go with --topology (e.g. --topology=v5p-128 --num_slices=2).")
-  # Compile only: never start a TPU runtime (nor take a TPU a training job is using); the TPU compiler
-  # runs from libtpu on its own.
+  present = lambda name: flags.FLAGS[name].present
+  if _TOPOLOGY.value is not None and _GPU.value is not None:
+    _usage_error("--topology and --gpu are exclusive: --topology compiles for a TPU slice, --gpu for NVIDIA GPUs.")
+  if (_TOPOLOGY.value is not None or _GPU.value is not None) and present("devices"):
+    _usage_error(f"--{'topology' if _TOPOLOGY.value is not None else 'gpu'} and --devices are exclusive: "
+                 f"--topology compiles for a TPU slice, --gpu for NVIDIA GPUs, --devices for N fake CPU devices.")
+  if _TOPOLOGY.value is None and (present("num_slices") or present("time")):
+    _usage_error("--num_slices and --time go with --topology (e.g. --topology=v5p-128 --num_slices=2).")
+  if _GPU.value is None and (present("gpus") or present("max_batch")):
+    _usage_error("--gpus and --max_batch go with --gpu (e.g. --gpu=h100 --gpus=8 --max_batch).")
+  if _TOPOLOGY.value is None and _GPU.value is None and present("hbm_gib"):
+    _usage_error("--hbm_gib goes with --topology or --gpu (e.g. --topology=v5p-128 --hbm_gib=80).")
+  # Compile only: never start a TPU or GPU runtime (nor take one a training job is using); the TPU compiler
+  # runs from libtpu on its own, the GPU compiler from the CUDA plugin.
   import jax
   jax.config.update("jax_platforms", "cpu")
   if _TOPOLOGY.value is not None:
     _main_tpu(_CONFIG.value)
+  elif _GPU.value is not None:
+    _main_gpu(_CONFIG.value)
   else:
     _main_cpu(_CONFIG.value)
 
@@ -563,8 +487,13 @@ if __name__ == "__main__":
                                   "v5litepod-N (or v5e-N), v6e-N. Needs libtpu (pip install -e '.[tpu]').")
   _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "With --topology: that many slices (multislice over DCN; "
                                      "config.mesh_dcn sizes the mesh across them).")
-  _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "With --topology: HBM per chip to judge the fit against "
-                                "(default: the chip's).")
+  _GPU = flags.DEFINE_string("gpu", None, "NVIDIA GPUs to compile for: h100 (SXM), h200, a100 (SXM4 80GB), or the "
+                             "path of an XLA GPU spec file (.txtpb). Needs pip install -e '.[gpu_compile]'.")
+  _GPUS = flags.DEFINE_integer("gpus", 8, "With --gpu: GPUs in the mesh (1 to 8 on one host, else hosts of 8).")
+  _MAX_BATCH = flags.DEFINE_bool("max_batch", False, "With --gpu: search for the largest per-GPU batch that fits "
+                                 "(one compile a probe, from --per_device_batch or the config's).")
+  _HBM_GIB = flags.DEFINE_float("hbm_gib", None, "With --topology or --gpu: memory per chip / GPU to judge the fit "
+                                "against (default: the chip's, the GPU spec's).")
   _TIME = flags.DEFINE_bool("time", False, "With --topology: also the TPU cost model's step time, images/s per "
                             "chip and MFU (3 more compiles, unrolled at small depths).")
   _DEVICES = flags.DEFINE_string("devices", "8,16,32,64", "Comma-separated fake CPU device counts (XLA:CPU mode).")
@@ -573,4 +502,5 @@ if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=flags_parser(
       "python -m ijepa_jax.memory --config=configs/NAME.py (--topology=v5p-128 [--num_slices=2] "
-      "[--hbm_gib=X] [--time] | --devices=8,16,32,64) [--per_device_batch=32]"))
+      "[--hbm_gib=X] [--time] | --gpu=h100 [--gpus=8] [--max_batch] [--hbm_gib=X] | --devices=8,16,32,64) "
+      "[--per_device_batch=32]"))

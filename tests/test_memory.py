@@ -1,5 +1,6 @@
 """The memory report: compile-only train steps on fake CPU devices (bytes per device from the shardings)
 and with the TPU compiler for named Cloud TPU slices (libtpu, no TPU)."""
+import re
 import subprocess
 import sys
 
@@ -44,8 +45,8 @@ import sys, json, jax
 jax.config.update("jax_num_cpu_devices", 4)
 sys.path.insert(0, "tests")
 from conftest import load_file
-from ijepa_jax import memory
-text = {name: memory.lower_step(load_file(f"configs/{name}.py").get_config(), jax.devices())["lowered"].as_text()
+from ijepa_jax import aot
+text = {name: aot.lower_step(load_file(f"configs/{name}.py").get_config(), jax.devices())["lowered"].as_text()
         for name in ("vit_h14", "vit_h14_in22k", "vit_h16_448")}
 print("RESULT" + json.dumps({"in22k": text["vit_h14_in22k"] == text["vit_h14"],
                              "448": text["vit_h16_448"] == text["vit_h14"], "chars": len(text["vit_h14"])}))
@@ -101,7 +102,7 @@ def test_tpu_slice_names_map_to_the_compilers_topologies():
 
 
 def test_collectives_are_read_from_compiled_hlo_text():
-  from ijepa_jax.memory import collectives
+  from ijepa_jax.hlo import collectives
   hlo = """
   %all-gather.1 = bf16[4,4,32]{2,1,0:T(4,128)(2,1)} all-gather(%f), channel_id=1, replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}, dimensions={0}
   %ag-start = (bf16[2,8]{1,0}, bf16[8,8]{1,0}) all-gather-start(%p), replica_groups={{0,1,2,3}}, dimensions={0}
@@ -122,7 +123,7 @@ def test_collectives_are_read_from_compiled_hlo_text():
 
 
 def test_while_loops_tell_windowed_einsums_from_other_loops():
-  from ijepa_jax.memory import while_loops
+  from ijepa_jax.hlo import while_loops
   hlo = """
   %while.53 = (bf16[64,196,768]{1,2,0}, u32[]) while(%tuple.1), condition=%wide.windowed_dot_general_cond_ag.1, body=%wide.windowed_dot_general_body_ag.1.sunk, backend_config={}
   %while.54 = (bf16[8]{0}, s32[]) while(%tuple.2), condition=%cond, body=%scan_body.3
@@ -220,8 +221,8 @@ def test_memory_cli_tpu_mode_prints_the_table_and_what_to_change_when_it_does_no
   line = [x for x in out.splitlines() if x.startswith("does not fit")][0]
   assert "--config.model.remat=full" in line and "--config.grad_accum_steps=2" in line
   assert "--topology=v5litepod-8" in line and "--per_device_batch=2" in line
-  from ijepa_jax.memory import parse_tpu_text
-  r = parse_tpu_text(out)
+  from ijepa_jax.memory import parse_text
+  r = parse_text(out)
   assert r["peak"] > r["temp"] > 0 and not r["fits"] and r["compile_s"] > 0
   assert "TPU_ACCELERATOR_TYPE" not in proc.stderr and "TPU_WORKER_HOSTNAMES" not in proc.stderr
 
@@ -238,8 +239,8 @@ def test_memory_cli_tpu_mode_says_does_not_fit_when_the_compiler_runs_out_of_hbm
   line = [x for x in out.splitlines() if x.startswith("does not fit")][0]
   assert "the TPU compiler ran out of HBM: temporaries alone need" in line and "(16.00 GiB HBM per chip)" in line
   assert "--config.model.remat=full" in line and "--topology=v5litepod-8" in line and "--per_device_batch=2048" in line
-  from ijepa_jax.memory import parse_tpu_text   # what experiments/ read back from the CLI
-  r = parse_tpu_text(out)
+  from ijepa_jax.memory import parse_text   # what experiments/ read back from the CLI
+  r = parse_text(out)
   assert r["peak"] is None and not r["fits"] and r["temp"] > 16 and r["compile_s"] > 0
 
 
@@ -270,13 +271,13 @@ import sys, json, jax
 jax.config.update("jax_platforms", "cpu")
 sys.path.insert(0, "tests")
 from conftest import tiny_config
-from ijepa_jax import memory, tpu_topologies
+from ijepa_jax import aot, cost_model, tpu_topologies
 c = tiny_config(**{"model.width": 128, "model.mlp_dim": 512, "model.predictor_width": 64, "model.depth": 4,
                    "model.predictor_depth": 3, "model.scan_layers": True})
-t = memory.time_estimate(c, "v5p-8")
+t = cost_model.time_estimate(c, "v5p-8")
 c.model.scan_layers = False   # the whole unrolled step, to check the extrapolation against
-whole = memory._compile(c, memory.tpu_devices(tpu_topologies.parse("v5p-8")), None)["compiled"]
-direct, direct_flops = memory._optimal_seconds(whole), memory._compiler_flops(whole)
+whole = aot.compile_step(c, aot.tpu_devices(tpu_topologies.parse("v5p-8")))["compiled"]
+direct, direct_flops = cost_model.optimal_seconds(whole), cost_model.compiler_flops(whole)
 print("RESULT" + json.dumps(dict(t, direct=direct, direct_flops=direct_flops)))
 """
 
@@ -292,3 +293,166 @@ def test_time_estimate_extrapolates_unrolled_compiles_to_the_whole_step():
   assert abs(t["step_s"] / t["direct"] - 1) < 0.03, t
   assert t["compiler_flops_per_image"] == pytest.approx(t["direct_flops"] * 4 / 16, rel=0.01)   # 4 chips, batch 16
   assert t["images_per_s_per_chip"] == pytest.approx(16 / 4 / t["step_s"]) and 0 < t["mfu"] < 1
+
+
+# ============================================================================ XLA's GPU compiler (CUDA plugin, compile only)
+def test_gpu_targets_ship_xlas_specs_and_name_hosts_of_eight():
+  from ijepa_jax import gpu_targets as g
+  sizes = {name: g.hbm_bytes(g.spec_text(name)) for name in g.SPECS}
+  assert 79 * 2 ** 30 < sizes["h100"] < 80 * 2 ** 30 and 79 * 2 ** 30 < sizes["a100"] < 80 * 2 ** 30   # "80GB"
+  assert 140 * 2 ** 30 < sizes["h200"] < 142 * 2 ** 30
+  assert [g.gpu_name(g.spec_text(n)) for n in g.SPECS] == \
+      ["NVIDIA H100 80GB HBM3", "NVIDIA H200 141GB HBM3e", "NVIDIA A100-SXM4-80GB"]
+  for name in g.SPECS:   # the field jaxlib 0.10.2's GpuTargetConfigProto refuses is trimmed away
+    assert "collective_memory_granularity:" not in g.spec_text(name) and "Apache" in g.spec_text(name)
+  assert [g.topology(n) for n in (1, 8, 16, 64)] == ["1x1x1", "1x1x8", "1x2x8", "1x8x8"]
+  for bad in (0, 12):
+    with pytest.raises(g.ConfigError, match="multiple of 8"):
+      g.topology(bad)
+
+
+def test_gpu_targets_name_the_fix_when_the_plugin_or_ptxas_is_missing(monkeypatch):
+  import importlib.util
+
+  from ijepa_jax import gpu_targets as g
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("jax_plugins") else
+                      real(name, *a))
+  with pytest.raises(g.ConfigError, match=r"pip install -e '\.\[gpu_compile\]'"):
+    g.check_toolchain()
+  monkeypatch.setattr(importlib.util, "find_spec", real)
+  if importlib.util.find_spec("jax_plugins") is None:
+    pytest.skip("the gpu_compile extra is not installed")
+  monkeypatch.setattr(g, "_ptxas_candidates", lambda: ["/nonexistent/bin/ptxas"])
+  with pytest.raises(g.ConfigError, match=r"needs ptxas and libdevice .*with-cuda"):
+    g.check_toolchain()
+  assert g.toolchain_error("INTERNAL: libdevice not found at ./libdevice.10.bc") is not None
+
+
+def test_largest_batch_brackets_then_narrows_to_the_largest_batch_that_fits():
+  """The search logic on a synthetic step (peak linear in the batch plus a bump every third batch, so not
+  monotone): for many memory sizes, starts and multiples its answer fits and the next multiple up does not
+  (None only when the smallest batch does not fit), in a few probes."""
+  from ijepa_jax.memory import largest_batch
+  for multiple in (1, 4):
+    for start in (None, 4, 96, 1000):
+      for hbm in (0.5, 90, 250, 1234.5, 5000):
+        peak = lambda b: 10 + 3.1 * b + (7 if b % 3 == 0 else 0)
+        def probe(b, hbm=hbm, peak=peak):
+          assert b is None or type(b) is int, b   # a per-device batch is a whole number
+          b = b or 64                             # the config's own
+          return {"batch": 8 * b, "mesh": {"data": 1, "fsdp": 8}, "peak": peak(b), "temp": 0, "hbm": hbm,
+                  "fits": peak(b) <= hbm, "compile_s": 0.0}
+        found = largest_batch(probe, start, multiple=multiple, say=lambda line: None)
+        fitting = [b for b in range(multiple, 5000, multiple) if peak(b) <= hbm]
+        assert found["batch"] in fitting + [None] and found["over"] not in fitting, (multiple, start, hbm, found)
+        if found["batch"] is not None:   # the answer fits and the next batch up does not
+          assert found["over"] == found["batch"] + multiple and peak(found["batch"] + multiple) > hbm
+          assert found["report"] is found["probes"][found["batch"]]
+        else:
+          assert peak(multiple) > hbm and found["over"] == multiple
+        assert len(found["probes"]) <= 16, len(found["probes"])
+
+
+GPU_SCRIPT = """
+import sys, json, jax
+jax.config.update("jax_platforms", "cpu")   # compile only: XLA's GPU compiler needs no GPU
+sys.path.insert(0, "tests")
+from conftest import tiny_config
+from ijepa_jax import aot, gpu_targets, memory
+out = {}
+for b in (1, 2):
+  c = tiny_config()
+  c.mesh.data, c.mesh.fsdp = 1, -1
+  out[b] = memory.gpu_report(c, "h100", 8, per_device_batch=b)
+  # jit leaves out of the executable the inputs the step never reads (a few optimizer scalars): their bytes
+  low = aot.lower_step(c, gpu_targets.gpu_devices("h100", 8), b)
+  leaves = jax.tree.leaves((low["abstract_state"], low["abstract_batch"]))
+  kept = low["lowered"]._lowering.compile_args["kept_var_idx"]
+  out[b]["unused_bytes"] = sum(aot._bytes_per_device(x) for i, x in enumerate(leaves) if i not in kept)
+  out[b]["train_state_bytes"] = aot._bytes_per_device(low["abstract_state"])   # the parts and the step counter
+print("RESULT" + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def gpu_reports():
+  """The tiny step compiled for 8 H100s at 1 and 2 images per GPU (~15 s a compile on one core)."""
+  import importlib.util
+  import json
+  if importlib.util.find_spec("jax_plugins") is None:
+    pytest.skip("the gpu_compile extra (jax's CUDA plugin) is not installed")
+  proc = subprocess.run([sys.executable, "-c", GPU_SCRIPT], cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return {int(b): r for b, r in json.loads(proc.stdout.split("RESULT", 1)[1]).items()}
+
+
+def test_gpu_report_arguments_are_the_sharded_train_state_and_batch(gpu_reports):
+  for b, r in gpu_reports.items():
+    assert r["devices"] == 8 and r["gpu_topology"] == "1x1x8" and r["mesh"] == {"data": 1, "fsdp": 8}
+    assert r["batch"] == 8 * b and r["gpu_name"] == "NVIDIA H100 80GB HBM3"
+    assert r["train_state_bytes"] == r["state"] + 4   # params, opt state, EMA target, int32 step
+    assert r["argument"] == r["train_state_bytes"] + r["batch_bytes"] - r["unused_bytes"], r
+    assert 0 <= r["unused_bytes"] <= 16
+    assert r["state_total"] / 8 <= r["state"] < r["state_total"] / 2      # FSDP over 8 GPUs
+    assert r["alias"] >= r["state"] - 64 and r["alias"] <= r["output"]     # the donated state is updated in place
+    assert r["peak"] == r["argument"] + r["output"] - r["alias"] + r["temp"] + r["generated_code"]
+    assert r["fits"] and r["headroom"] == r["hbm"] - r["peak"]
+    assert "all-gather" in r["collectives"] and 8 in r["collectives"]["all-gather"]["group_sizes"]
+  one, two = gpu_reports[1], gpu_reports[2]
+  assert two["state"] == one["state"] and two["batch_bytes"] == 2 * one["batch_bytes"]
+  assert two["temp"] > one["temp"] > 0   # activations grow with the images per GPU
+
+
+GPU_CLI = TPU_CLI   # the tiny config, FSDP over every device
+
+
+def test_memory_cli_gpu_max_batch_finds_the_largest_batch_that_fits(gpu_reports):
+  """With an HBM between the peaks at 1 and 2 images per GPU (as the fixture's own compiles give them) the search
+  from 2 answers 1: 1 fits, 2 (= 1 + 1 = 2 x 1) does not."""
+  hbm = (gpu_reports[1]["peak"] + gpu_reports[2]["peak"]) / 2
+  assert gpu_reports[1]["peak"] <= hbm < gpu_reports[2]["peak"]
+  proc = subprocess.run(GPU_CLI + ["--gpu=h100", "--per_device_batch=2", "--max_batch", f"--hbm_gib={hbm / 2 ** 30}"],
+                        cwd=REPO, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  probes = re.findall(r"^per-device batch (\d+) \(global (\d+)\): peak [^:]*: (fits|does not fit)", out, re.M)
+  assert probes == [("2", "16", "does not fit"), ("1", "8", "fits")], probes
+  assert "largest per-GPU batch that fits: 1 (2 does not;" in out
+  assert "8 x NVIDIA H100 80GB HBM3 (topology 1x1x8, one host): mesh data 1 x fsdp 8, global batch 8 (1 per GPU)" in out
+  assert "XLA GPU compiler, compile only (no autotuning: temp may differ from a real GPU); jax 0.10.2" in out
+  from ijepa_jax.memory import parse_text
+  r = parse_text(out)   # the report of the answer, batch 1: the fixture's compile of the same step
+  assert r["fits"] and r["compile_s"] > 0 and r["hbm"] == pytest.approx(hbm / 2 ** 30, rel=1e-3)
+  assert r["peak"] == pytest.approx(gpu_reports[1]["peak"] / 2 ** 30, rel=0.01)
+  assert r["temp"] == pytest.approx(gpu_reports[1]["temp"] / 2 ** 30, rel=0.01)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpu=v100"], "is not a known GPU: use one of h100, h200, a100"),
+    (["--gpu=/nonexistent/b200.txtpb"], "no such spec file"),
+    (["--gpu=h100", "--gpus=12"], "multiple of 8"),
+    (["--gpu=h100", "--topology=v5p-8"], "--topology and --gpu are exclusive"),
+    (["--max_batch"], "go with --gpu"),
+])
+def test_memory_cli_gpu_misuse_is_one_error_line(flags, message):
+  proc = subprocess.run(GPU_CLI + flags, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2 and f"error: " in proc.stderr and message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+
+
+def test_with_libtpu_and_the_cuda_plugin_installed_a_process_without_accelerators_starts_on_the_cpu_quietly():
+  """The gpu_compile extra installs the CUDA plugin, whose start-up check fails without CUDA's libraries
+  (a logged traceback in every process) unless jax is asked for the CPU: ijepa_jax asks where it is certain."""
+  import importlib.util
+  import os
+  from jax._src import hardware_utils
+  if importlib.util.find_spec("jax_plugins") is None or hardware_utils.has_visible_nvidia_gpu() or \
+      hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+    pytest.skip("needs the CUDA plugin installed and no GPU or TPU")
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  proc = subprocess.run([sys.executable, "-c", "import ijepa_jax, jax, os; print(jax.default_backend(), "
+                         "os.environ['JAX_PLATFORMS'], 'cuda' in jax._src.xla_bridge._backend_factories)"],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0 and proc.stdout.split() == ["cpu", "cpu", "True"], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and "TPU_ACCELERATOR_TYPE" not in proc.stderr, proc.stderr[-2000:]
