@@ -20,6 +20,11 @@ os.environ["JAX_COMPILATION_CACHE_DIR"] = COMPILATION_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
+# XLA:CPU's LLVM backend at optimisation level 0: the suite is mostly compiling tiny programs, and this halves
+# a tiny run's compile (8 -> 3 s, the same losses); the tests compare runs with each other, not speeds.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
 import ijepa_jax  # noqa: E402,F401  before any test imports jax: on a machine without a TPU it asks for the CPU
 
 
