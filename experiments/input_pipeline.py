@@ -234,7 +234,7 @@ def stages(root: str, limit: int = 200) -> dict:
   import io
   from PIL import Image
   from ijepa_jax.data import ImageFolder, _sample_crop_box
-  from ijepa_jax.data import sources
+  from ijepa_jax.data import encoded
   paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(root, "train")) for f in fs)[:limit]
   blobs = [open(p, "rb").read() for p in paths]
   rng = np.random.default_rng(0)
@@ -256,7 +256,7 @@ def stages(root: str, limit: int = 200) -> dict:
   out = {"read": ms(read, paths)}
   pillow_rgb = lambda b: Image.open(io.BytesIO(b)).convert("RGB")
   out["decode, Pillow (release)"] = ms(pillow_rgb, blobs)
-  if sources._simplejpeg is not None:
+  if encoded._simplejpeg is not None:
     import simplejpeg
     out["decode, simplejpeg (ours)"] = ms(lambda b: simplejpeg.decode_jpeg(b, "RGBX", fastdct=False,
                                                                          fastupsample=False), blobs)

@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from ijepa_jax import storage
-from ijepa_jax.data.sources import (RECORDS_FORMAT, RECORDS_INDEX, ImageFolder, pack_record)
+from ijepa_jax.data.encoded import RECORDS_FORMAT, RECORDS_INDEX, ImageFolder, pack_record
 from ijepa_jax.errors import ConfigError
 
 PLAN = "prepare.json"

@@ -561,7 +561,7 @@ def test_simplejpeg_and_pillow_decode_the_same_crops(jpeg_tree, monkeypatch, cap
   """The fast decoder (simplejpeg, libjpeg-turbo) and the fallback (Pillow) give the same crops, with and
   without DCT scaling, so the pipeline's output does not depend on which is installed; without simplejpeg
   an image folder says once how to get it."""
-  from ijepa_jax.data import sources
+  from ijepa_jax.data import encoded
   pytest.importorskip("simplejpeg")
 
   def crops():
@@ -575,12 +575,12 @@ def test_simplejpeg_and_pillow_decode_the_same_crops(jpeg_tree, monkeypatch, cap
     return out
 
   fast = crops()
-  monkeypatch.setattr(sources, "_simplejpeg", None)
-  monkeypatch.setattr(sources, "_said_missing", False)
+  monkeypatch.setattr(encoded, "_simplejpeg", None)
+  monkeypatch.setattr(encoded, "_said_missing", False)
   caplog.set_level(logging.WARNING)
   slow = crops()
-  assert [r.getMessage() for r in caplog.records].count(sources.SIMPLEJPEG_MISSING) == 1
-  assert "pip install simplejpeg==" in sources.SIMPLEJPEG_MISSING
+  assert [r.getMessage() for r in caplog.records].count(encoded.SIMPLEJPEG_MISSING) == 1
+  assert "pip install simplejpeg==" in encoded.SIMPLEJPEG_MISSING
   assert fast.keys() == slow.keys()
   for key, (image, label, skipped) in fast.items():
     np.testing.assert_array_equal(image, slow[key][0], err_msg=str(key))

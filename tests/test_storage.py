@@ -48,7 +48,7 @@ def test_files_on_gcs(gcs):
 def test_image_folder_in_a_bucket(gcs, tmp_path):
   """The same listing, labels and decoded pixels from gs:// as from the local copy."""
   from ijepa_jax import storage
-  from ijepa_jax.data.sources import ImageFolder
+  from ijepa_jax.data.encoded import ImageFolder
   root = gcs("imagenet")
   rng = np.random.default_rng(0)
   for cls in ("n01", "n02"):

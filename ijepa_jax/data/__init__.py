@@ -1,7 +1,8 @@
 """Input pipelines: Fashion-MNIST (IDX files), ImageNet-style image folders and their record shards
 (ijepa_jax.prepare), TFDS array_record, synthetic.
 
-  sources.py     random-access sources (`make_source`) and the config.data accessors
+  sources.py     `make_source`, the config.data accessors, the array sources (Fashion-MNIST, synthetic) and TFDS
+  encoded.py     sources of encoded image files: image folders and record shards, decoded on demand
   transforms.py  random resized crop / center resize, per example (Pillow) and batched (numpy)
   pipeline.py    the grain pretraining pipeline (`make_pretrain_dataset`) and `load_eval_arrays`
 
@@ -31,9 +32,9 @@ No TensorFlow is imported (TFDS is only used through `tfds.data_source`, which d
 """
 from ijepa_jax.data.pipeline import (GlobalOrder, MaskFn, context_buckets, load_eval_arrays, make_eval_dataset,
                                      make_pretrain_dataset, mask_group_size, process_rows)
-from ijepa_jax.data.sources import (DEFAULT_FASHION_MNIST_PATH, IMAGE_EXTENSIONS, SOURCES, ArraySource, EncodedImages,
-                                    FashionMnistSource, ImageFolder, RecordShards, SyntheticSource, TfdsSource,
-                                    load_fashion_mnist, make_source)
+from ijepa_jax.data.encoded import IMAGE_EXTENSIONS, EncodedImages, ImageFolder, RecordShards
+from ijepa_jax.data.sources import (DEFAULT_FASHION_MNIST_PATH, SOURCES, ArraySource, FashionMnistSource, SyntheticSource,
+                                    TfdsSource, load_fashion_mnist, make_source)
 from ijepa_jax.data.transforms import center_resize, random_resized_crop
 from ijepa_jax.data.transforms import _draft_factor, _sample_crop_box  # pylint: disable=unused-import  # noqa: F401 (used by tests)
 # Private helpers that tests/test_data.py reaches as data._name (compared against the per-example crops).

@@ -14,10 +14,10 @@ import grain
 import numpy as np
 
 from ijepa_jax import defaults
-from ijepa_jax.data.sources import (ArraySource, EncodedImages, _channels, _data_get, _image_size, _pair, _to_channels,
-                                    make_source)
-from ijepa_jax.data.transforms import (_resize_boxes, _resize_full_batched, _sample_crop_boxes, center_resize,
-                                       random_resized_crop)
+from ijepa_jax.data.encoded import EncodedImages
+from ijepa_jax.data.sources import ArraySource, _channels, _data_get, _image_size, _pair, make_source
+from ijepa_jax.data.transforms import (_resize_boxes, _resize_full_batched, _sample_crop_boxes, _to_channels,
+                                       center_resize, random_resized_crop)
 from ijepa_jax.errors import ConfigError
 
 MaskFn = Callable[[np.random.Generator, int], "dict[str, np.ndarray]"]

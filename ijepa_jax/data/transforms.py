@@ -1,6 +1,6 @@
 """Image transforms: torchvision-style random resized crop and the evaluation center resize (Pillow,
 per example), and their vectorised counterparts for batches of equal-size images (separable bilinear
-weight matrices, the same filter as Pillow's BILINEAR resize).
+weight matrices, the same filter as Pillow's BILINEAR resize); channel and Pillow-mode conversions.
 """
 from __future__ import annotations
 
@@ -21,6 +21,48 @@ def _pil_image(image: np.ndarray) -> Image.Image:
     raise ValueError(f"expected an image [h, w, 1 or 3], got shape {image.shape}")
   image = np.ascontiguousarray(image, dtype=np.uint8)
   return Image.fromarray(image[..., 0], "L") if image.shape[-1] == 1 else Image.fromarray(image, "RGB")
+
+
+# ---------------------------------------------------------------------------------------------- image modes (channels, Pillow modes)
+def _to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+  """uint8 [..., c] -> [..., channels] (c in {1, 3, 4}); RGB -> L with ITU-R 601-2 luma (as Pillow)."""
+  c = images.shape[-1]
+  if c == channels:
+    return images
+  if c == 4:
+    images, c = images[..., :3], 3
+    if channels == 3:
+      return images
+  if c == 1 and channels == 3:
+    return np.repeat(images, 3, axis=-1)
+  if c == 3 and channels == 1:
+    luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.clip(np.floor(luma + 0.5), 0, 255).astype(np.uint8)[..., None]
+  raise ValueError(f"cannot convert {c} channels to {channels}")
+
+
+def _pil_mode(channels: int) -> str:
+  return "L" if channels == 1 else "RGB"
+
+
+def _pil_convert(img: Image.Image, mode: str) -> Image.Image:
+  """Any Pillow mode (1, L, LA, P, RGB, RGBA, CMYK, YCbCr, I, I;16*, F, ...) -> mode 'L' or 'RGB', loaded."""
+  if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+    arr = np.asarray(img)
+    if img.mode.startswith("I;16"):
+      arr8 = (arr.astype(np.uint32) + 128) // 257  # 16-bit -> 8-bit, rounded
+    else:
+      arr = arr.astype(np.float64)
+      arr8 = arr / 257.0 if arr.size and arr.max() > 255 else arr  # 32-bit modes holding 16-bit data
+      arr8 = np.floor(arr8 + 0.5)
+    img = Image.fromarray(np.clip(arr8, 0, 255).astype(np.uint8), "L")
+  elif img.mode == "P" and "transparency" in img.info:
+    img = img.convert("RGBA")
+  if img.mode != mode:
+    img = img.convert(mode)
+  else:
+    img.load()
+  return img
 
 
 # ---------------------------------------------------------------------------------------------- per-example crops
