@@ -116,8 +116,9 @@ MESH_SCRIPT = textwrap.dedent("""
     from ijepa_jax.masks import MultiBlockSampler
     from ijepa_jax import data
     results = {{}}
-    # the reference; data parallel; both axes; FSDP; accumulation alone; accumulation on both axes
-    for data_axis, fsdp, accum in [(1, 1, 1), (8, 1, 1), (2, 4, 1), (1, 8, 1), (1, 1, 4), (4, 2, 2)]:
+    # the reference; data parallel; both axes (both ways); FSDP; accumulation alone, on both axes, with FSDP
+    for data_axis, fsdp, accum in [(1, 1, 1), (8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1),
+                                   (1, 1, 2), (1, 1, 4), (4, 2, 2), (1, 8, 2)]:
       c = tiny_config(batch_size=16, grad_accum_steps=accum)
       c.mesh.data, c.mesh.fsdp = data_axis, fsdp
       devices = jax.devices()[: data_axis * fsdp]
@@ -157,7 +158,7 @@ def test_same_loss_and_params_on_1_and_8_devices_and_with_grad_accumulation(tmp_
   results = json.loads(proc.stdout.split("RESULT", 1)[1])
   assert "is not divisible by the 8 devices" in results.pop("batch_error")
   assert "grad_accum_steps=4 does not split batch_size=16" in results.pop("accum_error")
-  assert set(results) == {"1x1", "8x1", "2x4", "1x8", "1x1 accum 4", "4x2 accum 2"}
+  assert set(results) == {"1x1", "8x1", "4x2", "2x4", "1x8", "1x1 accum 2", "1x1 accum 4", "4x2 accum 2", "1x8 accum 2"}
   ref = results.pop("1x1")
   for name, r in results.items():
     np.testing.assert_allclose(r["losses"], ref["losses"], rtol=1e-5, err_msg=name)
