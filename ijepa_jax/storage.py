@@ -18,11 +18,17 @@ import io
 import os
 import time
 
+import fsspec
 from etils import epath
 
 from ijepa_jax.errors import ConfigError
 
 REMOTE_PREFIXES = ("gs://",)
+
+# gcsfs keeps a folder's listing for the life of the process by default, so a reader polling a live gs:// run (a
+# notebook's loading.load_encoder, checkpoint.finished_steps) would never see a later checkpoint. fsspec's
+# per-protocol defaults turn that cache off for every gs:// path epath opens (before its first filesystem).
+fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
 
 
 def is_remote(p) -> bool:

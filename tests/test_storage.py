@@ -45,6 +45,24 @@ def test_files_on_gcs(gcs):
                                                       ("b", ["1.txt", "2.txt"])]
 
 
+def test_a_reader_sees_checkpoints_another_process_writes_later(gcs):
+  """A reader polling a live gs:// run (a notebook) lists the checkpoints folder again and again: each listing
+  shows what another process finished since (gcsfs would otherwise keep the first listing for good)."""
+  from ijepa_jax import checkpoint, storage
+  root = gcs("live")
+  folder = storage.path(root) / "checkpoints"
+
+  def finish(step):   # written by another process, as the training run would
+    code = (f"from ijepa_jax import storage; d = storage.path({root!r}) / 'checkpoints' / '{step}'; "
+            "d.mkdir(parents=True, exist_ok=True); (d / 'commit_success.txt').write_text('done')")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=120)
+
+  finish(3)
+  assert checkpoint.finished_steps(folder) == [3]
+  finish(6)
+  assert checkpoint.finished_steps(folder) == [3, 6]
+
+
 def test_image_folder_in_a_bucket(gcs, tmp_path):
   """The same listing, labels and decoded pixels from gs:// as from the local copy."""
   from ijepa_jax import storage
