@@ -106,8 +106,7 @@ def test_two_processes_on_gcs_preempted_then_killed_then_resumed_from_the_bucket
   _run_two_processes(full, *args)
   metrics, checkpoints = epath.Path(workdir) / "metrics.jsonl", epath.Path(workdir) / "checkpoints"
   steps = lambda: [json.loads(r)["step"] for r in metrics.read_text().splitlines()] if metrics.exists() else []
-  # By name, not by listing the folder: gcsfs caches a folder's listing within the process.
-  finished = lambda step: (checkpoints / str(step) / "commit_success.txt").exists()
+  from ijepa_jax.checkpoint import finished_steps
 
   procs = _start_two_processes(workdir, *args)
   deadline = time.time() + 300
@@ -120,11 +119,11 @@ def test_two_processes_on_gcs_preempted_then_killed_then_resumed_from_the_bucket
   stopped = steps()[-1]
   assert 2 <= stopped < 40 and steps() == list(range(1, stopped + 1))
   assert f"Stopped by a preemption notice (SIGTERM, JAX preemption sync point) at step {stopped}" in outs[0][0]
-  assert finished(stopped)
+  assert finished_steps(checkpoints)[-1] == stopped
 
   procs = _start_two_processes(workdir, *args)
   while time.time() < deadline and all(p.poll() is None for p in procs):
-    if any(finished(step) for step in range(stopped + 1, 40) if step % 3 == 0):
+    if max(finished_steps(checkpoints), default=0) > stopped:
       break
     time.sleep(0.1)
   for p in procs:
